@@ -1,0 +1,1 @@
+"""cxrfm.models"""
