@@ -145,7 +145,8 @@ class VisionTransformer(nn.Module):
         else:
             # Not persistent: regenerated from the config, so checkpoints load at any grid.
             self.register_buffer("pos_embed", self._sincos(config.grid_size), persistent=False)
-        drop_rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        # Stochastic depth grows linearly with depth (plain Python: works under a meta device too).
+        drop_rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(
             Block(config.embed_dim, config.num_heads, config.mlp_ratio, config.qkv_bias, rate, config.norm_eps)
             for rate in drop_rates
