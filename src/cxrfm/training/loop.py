@@ -231,6 +231,12 @@ def collate_any(samples: list) -> Any:
     return default_collate(samples)
 
 
+def _json_line(record: dict) -> str:
+    """One JSONL line; NaN/inf (e.g. a ratio over a region no sample has) become null."""
+    clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+    return json.dumps(clean) + "\n"
+
+
 def _autocast(precision: str, device: torch.device):
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -570,7 +576,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         with open(self.metrics_path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(_json_line(record))
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"train/{name}", value, self.step)
@@ -623,7 +629,7 @@ class Trainer:
             model.train()
             record = {"step": self.step, **{f"val/{k}": float(v) for k, v in results.items()}}
             with open(self.metrics_path, "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
+                handle.write(_json_line(record))
             if self.writer is not None:
                 for name, value in results.items():
                     self.writer.add_scalar(f"val/{name}", float(value), self.step)

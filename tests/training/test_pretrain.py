@@ -1,0 +1,129 @@
+"""The MAE pretraining task on tiny synthetic chest-like images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from cxrfm.config import from_dict, load_config
+from cxrfm.data.sample import CXRSample, collate_samples
+from cxrfm.errors import ConfigError
+from cxrfm.models import VisionTransformer
+from cxrfm.training.augment import random_resized_crop
+from cxrfm.training.loop import StepContext, TrainConfig
+from cxrfm.training.pretrain import (
+    MAEPretrainTask,
+    PretrainConfig,
+    build_model,
+    resolve_image_size,
+    run_pretraining,
+)
+
+
+class TwoLungs(Dataset):
+    """Dark ellipses ("lungs") on a brighter body, with their masks; deterministic per index."""
+
+    def __init__(self, count: int = 16, size: int = 64):
+        self.count, self.size = count, size
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index)
+        y, x = torch.meshgrid(torch.linspace(-1, 1, self.size), torch.linspace(-1, 1, self.size), indexing="ij")
+        shift = 0.1 * (torch.rand(2, generator=generator) - 0.5)
+        left = ((x + 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
+        right = ((x - 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
+        lungs = (left | right).float()
+        image = 0.7 - 0.5 * lungs + 0.05 * torch.rand(self.size, self.size, generator=generator)
+        return CXRSample(image=image[None].clamp(0, 1), lung_mask=lungs[None], meta={"path": f"toy/{index}.png"})
+
+
+def _config(tmp_path, **train) -> PretrainConfig:
+    data = {
+        "model": {"preset": "mae-tiny-cpu", "overrides": {"image_size": [64, 64], "depth": 2}},
+        "masking": {"kind": "context", "ratio_inside": 0.75, "ratio_outside": 0.5, "region": "given"},
+        "augment": {"random_resized_crop": True, "intensity_jitter": 0.1},
+        "train": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 6,
+            "batch_size": 4,
+            "lr": 1e-3,
+            "warmup_steps": 2,
+            "log_every": 2,
+            "figure_every": 3,
+            "figure_samples": 2,
+            "device": "cpu",
+            "progress_bar": False,
+            **train,
+        },
+    }
+    return from_dict(PretrainConfig, data)
+
+
+def test_training_step_masks_the_lungs_harder_and_is_keyed_per_sample(tmp_path):
+    config = _config(tmp_path)
+    model = build_model(config.model, (64, 64))
+    task = MAEPretrainTask(config)
+    batch = collate_samples([TwoLungs()[i] for i in range(4)])
+    batch.meta = [dict(m, index=i) for i, m in enumerate(batch.meta)]
+    ctx = StepContext(0, 0, 0, 7, torch.device("cpu"), 0, 1, config.train)
+    outputs = task.training_step(model, batch, ctx)
+    assert outputs["loss"].requires_grad and torch.isfinite(outputs["loss"])
+    assert outputs["mask_ratio_inside"] > outputs["mask_ratio_outside"]
+    assert outputs["mask_ratio_inside"] == pytest.approx(0.75, abs=0.1)
+    # Sample 2 is masked the same whether it is first in a batch of 2 or third in a batch of 4.
+    _, full = task.mask_batch(model, batch.images, batch.lung_masks, torch.arange(4), seed=7, epoch=0, stream=1)
+    _, part = task.mask_batch(model, batch.images[2:], batch.lung_masks[2:], torch.arange(2, 4), seed=7, epoch=0, stream=1)
+    assert torch.equal(full.mask[2:], part.mask)
+
+
+def test_random_resized_crop_keeps_image_and_mask_aligned():
+    sample = TwoLungs(size=32)[0]
+    images, masks = sample.image[None].repeat(3, 1, 1, 1), sample.lung_mask[None].repeat(3, 1, 1, 1)
+    identity = torch.tensor([[1.0, 0.5, 0.5, 0.5]] * 3)  # area 1, aspect 1, centred
+    same, same_masks = random_resized_crop(images, identity, scale=(1.0, 1.0), masks=masks)
+    torch.testing.assert_close(same, images, atol=1e-5, rtol=0)
+    assert torch.equal(same_masks, masks)
+    zoom = torch.tensor([[0.0, 0.5, 0.0, 0.0], [0.0, 0.5, 1.0, 1.0], [0.5, 0.2, 0.3, 0.9]])
+    cropped, cropped_masks = random_resized_crop(images, zoom, scale=(0.25, 1.0), masks=masks)
+    assert not torch.allclose(cropped[0], cropped[1])
+    # Dark pixels (lungs) stay under the cropped lung mask.
+    dark = cropped < 0.45
+    assert (cropped_masks[dark] == 1).float().mean() > 0.95
+
+
+def test_run_pretraining_end_to_end_writes_outputs_and_learns(tmp_path, monkeypatch):
+    import cxrfm.training.pretrain as pretrain
+
+    monkeypatch.setattr(pretrain, "build_pretrain_dataset", lambda section, size: TwoLungs(16, size[0]))
+    config = _config(tmp_path, max_steps=20, lr=3e-3, log_every=5, figure_every=10)
+    result = run_pretraining(config)
+    run = tmp_path / "run"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 20 and records[-1]["loss"] < 0.7 * records[0]["loss"]
+    assert result.metrics["mask_ratio_inside"] > result.metrics["mask_ratio_outside"]
+    assert sorted(p.name for p in (run / "figures").glob("*.png")) == [
+        "reconstruction_step_0000010.png",
+        "reconstruction_step_0000020.png",
+    ]
+    assert (run / "checkpoints" / "step_0000020" / "model.safetensors").is_file()
+    encoder = VisionTransformer.from_pretrained(run / "encoder")
+    assert encoder.config.image_size == (64, 64) and encoder.config.depth == 2
+    saved = load_config(PretrainConfig, run / "config.yaml")
+    assert saved.masking.ratio_inside == 0.75 and saved.train.max_steps == 20
+
+
+def test_image_size_conflicts_are_config_errors(tmp_path):
+    config = _config(tmp_path)
+    config.data.image_size = (32, 32)
+    with pytest.raises(ConfigError, match="image_size"):
+        resolve_image_size(config)
+    config.model.overrides = {}
+    config.data.image_size = (64, 64)
+    assert resolve_image_size(config) == (64, 64)
+    assert TrainConfig is not None
