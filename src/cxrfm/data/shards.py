@@ -1,0 +1,496 @@
+"""WebDataset shards: pre-resized, encoded samples in tar files, for fast streaming at HD sizes.
+
+Layout of a shard folder::
+
+    index.json            counts, label names, image size, encoding, shard list (written last)
+    shard-000000.tar      <key>.image.png, <key>.mask.png, <key>.labels.npy, <key>.findings.txt,
+    shard-000001.tar      <key>.impression.txt, <key>.meta.json, <key>.view1.png (extra views)
+
+``<key>`` is the item's index in the source dataset (zero-padded). Images are 16-bit PNG by
+default, so 1280x1280 HD pretraining keeps more than 8 bits of the source's grey levels; masks
+are 8-bit PNG (0/255); labels float32 ``.npy`` (NaN and -1 survive exactly).
+
+Writing is atomic per shard (``.tar.tmp`` renamed when complete) and resumable: ``index.json``
+is rewritten after each shard with ``"complete": false``, and a new call with the same settings
+continues after the last finished shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import random
+import tarfile
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import IterableDataset
+
+from cxrfm.data.dataset import CXRDataset, Transform
+from cxrfm.data.sample import CXRSample
+from cxrfm.errors import DatasetError, ImageReadError
+from cxrfm.io import resize_image, resize_mask
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "cxrfm-shards/1"
+ENCODINGS = ("png16", "png8", "jpeg")
+JPEG_QUALITY = 95
+
+# Settings that must match for a resumed write to continue an earlier one.
+_RESUME_KEYS = (
+    "encoding",
+    "image_size",
+    "resize_mode",
+    "max_samples_per_shard",
+    "max_shard_bytes",
+    "items",
+    "items_digest",
+    "label_names",
+)
+_TAR_HEADER_BYTES = 1024  # a member header plus padding, for the shard-size budget
+
+
+# ------------------------------------------------------------------------------------- encoding
+
+
+def encode_image(image: torch.Tensor | np.ndarray, encoding: str) -> tuple[str, bytes]:
+    """``(1, H, W)`` or ``(H, W)`` in ``[0, 1]`` -> ``(extension, bytes)``."""
+    pixels = np.clip(np.asarray(image, dtype=np.float64).reshape(image.shape[-2:]), 0.0, 1.0)
+    buffer = io.BytesIO()
+    if encoding == "png16":
+        Image.fromarray(np.rint(pixels * 65535).astype(np.uint16)).save(buffer, format="PNG")
+        return "png", buffer.getvalue()
+    quantised = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
+    if encoding == "png8":
+        quantised.save(buffer, format="PNG")
+        return "png", buffer.getvalue()
+    if encoding == "jpeg":
+        quantised.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+        return "jpg", buffer.getvalue()
+    raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """PNG (8/16-bit) or JPEG bytes -> ``(1, H, W)`` float32 in ``[0, 1]``."""
+    with Image.open(io.BytesIO(data)) as image:
+        if image.mode.startswith("I"):  # 16-bit PNG opens as I;16 (or I on some Pillow builds)
+            pixels = np.asarray(image, dtype=np.float32) / 65535.0
+        else:
+            pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
+
+
+def _encode_mask(mask: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray((mask.reshape(mask.shape[-2:]).numpy() >= 0.5).astype(np.uint8) * 255).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _decode_mask(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as image:
+        pixels = (np.asarray(image.convert("L")) >= 128).astype(np.float32)
+    return torch.from_numpy(pixels).unsqueeze(0)
+
+
+def _json_value(value: Any) -> Any:
+    """Make meta values JSON-able: paths and unknown objects as strings, arrays as lists."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return value.tolist()
+    return str(value)
+
+
+def encode_sample(sample: CXRSample, encoding: str = "png16") -> dict[str, bytes]:
+    """A :class:`CXRSample` -> ``{suffix: bytes}`` members of one WebDataset sample."""
+    members: dict[str, bytes] = {}
+    extension, members_image = encode_image(sample.image, encoding)
+    members[f"image.{extension}"] = members_image
+    for number, view in enumerate(sample.meta.get("extra_images", ()), start=1):
+        members[f"view{number}.{extension}"] = encode_image(view, encoding)[1]
+    if sample.lung_mask is not None:
+        members["mask.png"] = _encode_mask(sample.lung_mask)
+    if sample.labels is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, sample.labels.numpy().astype(np.float32), allow_pickle=False)
+        members["labels.npy"] = buffer.getvalue()
+    if sample.findings is not None:
+        members["findings.txt"] = sample.findings.encode("utf-8")
+    if sample.impression is not None:
+        members["impression.txt"] = sample.impression.encode("utf-8")
+    meta = {key: value for key, value in sample.meta.items() if key != "extra_images"}
+    members["meta.json"] = json.dumps(meta, default=_json_value, ensure_ascii=False).encode("utf-8")
+    return members
+
+
+def decode_sample(raw: dict[str, Any]) -> CXRSample:
+    """One WebDataset sample (``{"__key__": ..., suffix: bytes}``) -> :class:`CXRSample`."""
+    image_key = next((k for k in ("image.png", "image.jpg") if k in raw), None)
+    if image_key is None:
+        raise DatasetError(raw.get("__url__", "shard"), f"sample {raw.get('__key__')} has no image member")
+    meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
+    views = sorted((k for k in raw if k.startswith("view")), key=lambda k: int(k.split(".")[0][4:]))
+    if views:
+        meta["extra_images"] = [decode_image(raw[k]) for k in views]
+    meta["shard_key"] = raw.get("__key__")
+    labels = None
+    if "labels.npy" in raw:
+        labels = torch.from_numpy(np.load(io.BytesIO(raw["labels.npy"]), allow_pickle=False).astype(np.float32))
+    return CXRSample(
+        image=decode_image(raw[image_key]),
+        lung_mask=_decode_mask(raw["mask.png"]) if "mask.png" in raw else None,
+        labels=labels,
+        findings=raw["findings.txt"].decode("utf-8") if "findings.txt" in raw else None,
+        impression=raw["impression.txt"].decode("utf-8") if "impression.txt" in raw else None,
+        meta=meta,
+    )
+
+
+# -------------------------------------------------------------------------------------- writing
+
+
+def _resized(sample: CXRSample, image_size: tuple[int, int] | None, mode: str) -> CXRSample:
+    if image_size is None or tuple(sample.image.shape[-2:]) == tuple(image_size):
+        return sample
+    sample.image = resize_image(sample.image, image_size, mode=mode)
+    if sample.lung_mask is not None:
+        sample.lung_mask = resize_mask(sample.lung_mask, image_size, mode=mode)
+    if "extra_images" in sample.meta:
+        sample.meta["extra_images"] = [resize_image(v, image_size, mode=mode) for v in sample.meta["extra_images"]]
+    return sample
+
+
+def _write_json_atomic(path: Path, value: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(value, indent=1, default=_json_value), encoding="utf-8")
+    os.replace(temporary, path)
+
+
+class _ShardSink:
+    """Collects samples into ``<prefix>-NNNNNN.tar.tmp`` and renames it when the shard is done."""
+
+    def __init__(self, out_dir: Path, prefix: str, number: int):
+        self.name = f"{prefix}-{number:06d}.tar"
+        self.final_path = out_dir / self.name
+        self.temporary_path = out_dir / (self.name + ".tmp")
+        self.tar = tarfile.open(self.temporary_path, "w", format=tarfile.USTAR_FORMAT)
+        self.num_samples = 0
+        self.num_bytes = 0
+
+    def add(self, key: str, members: dict[str, bytes]) -> None:
+        for suffix, data in members.items():
+            info = tarfile.TarInfo(f"{key}.{suffix}")
+            info.size, info.mode, info.mtime = len(data), 0o644, 0  # fixed mtime: reproducible shards
+            self.tar.addfile(info, io.BytesIO(data))
+            self.num_bytes += len(data) + _TAR_HEADER_BYTES
+        self.num_samples += 1
+
+    def close(self) -> None:
+        self.tar.close()
+        os.replace(self.temporary_path, self.final_path)
+
+
+def _planned_bytes(members: dict[str, bytes]) -> int:
+    return sum(len(data) + _TAR_HEADER_BYTES for data in members.values())
+
+
+def _settings(
+    dataset: Any, positions: Sequence[int], image_size, resize_mode, encoding, max_samples, max_bytes
+) -> dict[str, Any]:
+    return {
+        "encoding": encoding,
+        "image_size": None if image_size is None else list(image_size),
+        "resize_mode": resize_mode,
+        "max_samples_per_shard": max_samples,
+        "max_shard_bytes": max_bytes,
+        "items": len(positions),
+        "items_digest": hashlib.sha1(",".join(map(str, positions)).encode()).hexdigest()[:16],
+        "label_names": list(getattr(dataset, "label_names", ())),
+    }
+
+
+def _resume_state(out_dir: Path, settings: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """The index of an earlier write with the same settings, or None to start fresh."""
+    index_path = out_dir / INDEX_FILE
+    if not index_path.is_file():
+        if any(out_dir.glob("*.tar")):
+            raise DatasetError(out_dir, "folder holds .tar files but no index.json; write shards into an empty folder")
+        return None
+    index = json.loads(index_path.read_text(encoding="utf-8"))
+    if not resume:
+        raise DatasetError(index_path, "shards already written here; choose another folder or pass resume=True")
+    changed = [key for key in _RESUME_KEYS if index.get(key) != settings[key]]
+    if changed:
+        raise DatasetError(index_path, f"earlier shards used different settings {changed}; write into an empty folder")
+    missing = [s["name"] for s in index["shards"] if not (out_dir / s["name"]).is_file()]
+    if missing:
+        raise DatasetError(index_path, f"listed shard(s) {missing[:3]} are missing; write into an empty folder")
+    return index
+
+
+def write_shards(
+    dataset: CXRDataset | torch.utils.data.Dataset,
+    out_dir: str | Path,
+    image_size: tuple[int, int] | None = None,
+    *,
+    resize_mode: str = "pad",
+    encoding: str = "png16",
+    max_samples_per_shard: int = 1000,
+    max_shard_bytes: int = 1 << 30,
+    indices: Sequence[int] | None = None,
+    prefix: str = "shard",
+    skip_unreadable: bool | None = None,
+    resume: bool = True,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Write ``dataset`` (or its ``indices``) as WebDataset shards in ``out_dir``; return the index.
+
+    Args:
+        dataset: a :class:`CXRDataset` (or any dataset of :class:`CXRSample`).
+        out_dir: an empty folder, or one holding an unfinished write with the same settings.
+        image_size: ``(H, W)`` every image/mask is resized to (``resize_mode`` pad/stretch);
+            None keeps the dataset's sizes (its ``image_size`` when it has one).
+        encoding: ``"png16"`` (default, lossless at 16 bits), ``"png8"`` or ``"jpeg"``.
+        max_samples_per_shard, max_shard_bytes: a shard is closed when either would be exceeded
+            (a single sample larger than ``max_shard_bytes`` gets a shard of its own).
+        indices: dataset indices to write, in order; None = all.
+        skip_unreadable: leave out items whose image cannot be read (listed in the index as
+            ``skipped``) instead of raising; None follows ``dataset.skip_unreadable``.
+        resume: continue an unfinished write with the same settings (else DatasetError).
+        progress: show a tqdm progress bar.
+
+    Returns:
+        The index dict also saved as ``out_dir/index.json``.
+    """
+    from tqdm.auto import tqdm
+
+    if encoding not in ENCODINGS:
+        raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
+    if max_samples_per_shard < 1 or max_shard_bytes < 1:
+        raise ValueError("max_samples_per_shard and max_shard_bytes must be positive")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    image_size = image_size if image_size is not None else getattr(dataset, "image_size", None)
+    image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+    positions = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
+    if skip_unreadable is None:
+        skip_unreadable = bool(getattr(dataset, "skip_unreadable", False))
+    settings = _settings(dataset, positions, image_size, resize_mode, encoding, max_samples_per_shard, max_shard_bytes)
+    index = _resume_state(out_dir, settings, resume)
+    if index is not None and index.get("complete"):
+        log.info("%s: shards already complete (%d samples)", out_dir, index["num_samples"])
+        return index
+    for stale in out_dir.glob(f"{prefix}-*.tar.tmp"):
+        stale.unlink()  # an interrupted shard: rewritten below
+    index = index or {
+        "format": INDEX_FORMAT,
+        **settings,
+        "source": getattr(dataset, "source", type(dataset).__name__),
+        "dataset": type(dataset).__name__,
+        "shards": [],
+        "skipped": [],
+        "complete": False,
+    }
+    start = index["shards"][-1]["end"] if index["shards"] else 0
+    index["skipped"] = [s for s in index["skipped"] if s["position"] < start]
+    load = dataset.load if isinstance(dataset, CXRDataset) else dataset.__getitem__
+    sink: _ShardSink | None = None
+    shard_start = start
+
+    def finish_shard(end: int) -> None:
+        sink.close()
+        index["shards"].append(
+            {"name": sink.name, "num_samples": sink.num_samples, "bytes": sink.final_path.stat().st_size, "start": shard_start, "end": end}
+        )
+        _write_json_atomic(out_dir / INDEX_FILE, index)
+
+    bar = tqdm(total=len(positions), initial=start, desc=f"writing {out_dir.name}", unit="img", disable=not progress)
+    with bar:
+        for position in range(start, len(positions)):
+            bar.update(1)
+            item = positions[position]
+            try:
+                sample = load(item)
+            except ImageReadError as error:
+                if not skip_unreadable:
+                    raise
+                index["skipped"].append({"position": position, "index": item, "path": error.path, "reason": error.reason})
+                continue
+            if not sample.meta.get("has_image", True):
+                raise DatasetError(getattr(dataset, "source", "dataset"), f"item {item} has no image; shards store pixels")
+            members = encode_sample(_resized(sample, image_size, resize_mode), encoding)
+            if sink is not None and (
+                sink.num_samples >= max_samples_per_shard or sink.num_bytes + _planned_bytes(members) > max_shard_bytes
+            ):
+                finish_shard(position)
+                sink = None
+            if sink is None:
+                sink, shard_start = _ShardSink(out_dir, prefix, len(index["shards"])), position
+            sink.add(f"{item:09d}", members)
+        if sink is not None:
+            finish_shard(len(positions))
+    index.update(
+        num_samples=sum(s["num_samples"] for s in index["shards"]),
+        splits=_split_counts(dataset, positions, index["skipped"]),
+        complete=True,
+    )
+    _write_json_atomic(out_dir / INDEX_FILE, index)
+    if index["skipped"]:
+        log.warning("%s: skipped %d unreadable item(s); see 'skipped' in %s", out_dir, len(index["skipped"]), INDEX_FILE)
+    return index
+
+
+def _split_counts(dataset: Any, positions: Sequence[int], skipped: list[dict[str, Any]]) -> dict[str, int]:
+    records = getattr(dataset, "records", None)
+    if records is None:
+        return {}
+    left_out = {s["position"] for s in skipped}
+    counts = Counter(str(records[item].split) for p, item in enumerate(positions) if p not in left_out)
+    return dict(counts)
+
+
+def read_shard_index(folder: str | Path) -> dict[str, Any]:
+    """Load ``folder/index.json``; missing, malformed or unfinished -> DatasetError."""
+    path = Path(folder) / INDEX_FILE
+    if not path.is_file():
+        raise DatasetError(path, "shard index not found")
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise DatasetError(path, f"invalid JSON ({error.msg})") from None
+    if index.get("format") != INDEX_FORMAT:
+        raise DatasetError(path, f"not a cxrfm shard index (format {index.get('format')!r})")
+    if not index.get("complete"):
+        raise DatasetError(path, "shard writing did not finish; run the write again to resume it")
+    return index
+
+
+# -------------------------------------------------------------------------------------- reading
+
+
+def _buffer_shuffle(samples: Iterator[Any], buffer_size: int, rng: random.Random) -> Iterator[Any]:
+    """Reservoir-style shuffle: fill a buffer, then emit a random element per incoming one."""
+    buffer: list[Any] = []
+    for sample in samples:
+        if len(buffer) < buffer_size:
+            buffer.append(sample)
+            continue
+        slot = rng.randrange(buffer_size)
+        yield buffer[slot]
+        buffer[slot] = sample
+    rng.shuffle(buffer)
+    yield from buffer
+
+
+class ShardDataset(IterableDataset):
+    """Stream :class:`CXRSample` from shards written by :func:`write_shards`.
+
+    Shards are split so that DDP ranks (``split_by_node``, from ``RANK``/``WORLD_SIZE`` or
+    ``torch.distributed``) and DataLoader workers (``split_by_worker``) read disjoint shards; with
+    ``shuffle`` the shard order is permuted first with ``seed + epoch`` (the same on every rank, so
+    the split stays disjoint) and samples pass through a ``shuffle_buffer`` seeded from
+    ``(seed, epoch, rank, worker)``. Decoding happens where the iteration runs, i.e. in the
+    DataLoader workers. Call :meth:`set_epoch` before each epoch for a new order.
+
+    Ranks may get unequal numbers of samples (shards are whole); DDP training should bound each
+    epoch by a step count (e.g. ``num_samples // (world_size * batch_size)``) rather than by
+    exhausting the iterator.
+
+    Args:
+        source: a shard folder with ``index.json``, a brace pattern (``out/shard-{000000..000009}.tar``),
+            or a list of shard paths.
+        shuffle: permute shards and samples (training); False reads in written order.
+        shuffle_buffer: samples held for shuffling (memory: buffer x one encoded sample).
+        seed: base seed of both shuffles.
+        split_by_node, split_by_worker: give each rank / worker its own shards.
+        transform: callable applied to each decoded sample.
+    """
+
+    def __init__(
+        self,
+        source: str | Path | Sequence[str | Path],
+        *,
+        shuffle: bool = False,
+        shuffle_buffer: int = 256,
+        seed: int = 0,
+        split_by_node: bool = True,
+        split_by_worker: bool = True,
+        transform: Transform | None = None,
+    ):
+        super().__init__()
+        self.urls, self.index = self._resolve(source)
+        if not self.urls:
+            raise DatasetError(str(source), "no shards found")
+        self.label_names: tuple[str, ...] = tuple(self.index.get("label_names", ()))
+        size = self.index.get("image_size")
+        self.image_size = None if size is None else (int(size[0]), int(size[1]))
+        self.num_samples: int | None = self.index.get("num_samples")
+        self.shuffle = shuffle
+        self.shuffle_buffer = max(1, int(shuffle_buffer))
+        self.seed = int(seed)
+        self.split_by_node = split_by_node
+        self.split_by_worker = split_by_worker
+        self.transform = transform
+        self.epoch = 0
+
+    @staticmethod
+    def _resolve(source: str | Path | Sequence[str | Path]) -> tuple[list[str], dict[str, Any]]:
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            index = read_shard_index(source)
+            return [str(Path(source) / s["name"]) for s in index["shards"]], index
+        if isinstance(source, (str, Path)):
+            from webdataset.shardlists import expand_urls
+
+            urls = expand_urls(str(source))
+        else:
+            urls = [str(u) for u in source]
+        index_path = Path(urls[0]).parent / INDEX_FILE if urls else None
+        index = read_shard_index(index_path.parent) if index_path is not None and index_path.is_file() else {}
+        return urls, index
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the shuffle order of the next iteration (same epoch -> same order)."""
+        self.epoch = int(epoch)
+
+    def shards_for_this_process(self) -> list[str]:
+        """The shards this rank and DataLoader worker read this epoch, in reading order."""
+        from webdataset.utils import pytorch_worker_info
+
+        urls = list(self.urls)
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(urls)
+        rank, world_size, worker, num_workers = pytorch_worker_info()
+        if self.split_by_node:
+            urls = urls[rank::world_size]
+        if self.split_by_worker:
+            urls = urls[worker::num_workers]
+        return urls
+
+    def __iter__(self) -> Iterator[CXRSample]:
+        from webdataset.tariterators import tarfile_samples
+        from webdataset.utils import pytorch_worker_info
+
+        urls = self.shards_for_this_process()
+        rank, _, worker, _ = pytorch_worker_info()
+        if not urls:
+            log.warning("rank %d worker %d got no shard: use more shards than ranks x workers", rank, worker)
+            return
+        samples: Iterator[Any] = tarfile_samples([{"url": url} for url in urls])
+        if self.shuffle and self.shuffle_buffer > 1:
+            rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
+            samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        for raw in samples:
+            sample = decode_sample(raw)
+            yield self.transform(sample) if self.transform is not None else sample
