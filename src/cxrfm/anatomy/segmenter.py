@@ -22,6 +22,7 @@ from torch import nn
 
 from cxrfm.anatomy.postprocess import clean_lung_mask
 from cxrfm.errors import CheckpointError
+from cxrfm.io.image import fit_geometry, resize_image
 
 log = logging.getLogger(__name__)
 
@@ -207,35 +208,23 @@ class LetterBox:
 
 
 def letterbox_geometry(size: tuple[int, int], target: tuple[int, int]) -> LetterBox:
-    """Aspect-keeping fit of ``size`` into ``target`` with the padding split evenly (extra pixel at the end)."""
-    height, width = int(size[0]), int(size[1])
-    scale = min(target[0] / height, target[1] / width)
-    new_height = min(target[0], max(1, round(height * scale)))
-    new_width = min(target[1], max(1, round(width * scale)))
-    return LetterBox((target[0] - new_height) // 2, (target[1] - new_width) // 2, new_height, new_width)
+    """Aspect-keeping fit of ``size`` into ``target``, centred (``cxrfm.io``'s ``mode="pad"`` geometry)."""
+    _, (top, left), (height, width) = fit_geometry((int(size[0]), int(size[1])), target)
+    return LetterBox(top, left, height, width)
 
 
 def letterbox(images: torch.Tensor, target: tuple[int, int]) -> tuple[torch.Tensor, LetterBox]:
     """``(B, C, H, W)`` -> ``(B, C, *target)`` with black (0) padding, and the geometry to undo it."""
     box = letterbox_geometry(images.shape[-2:], target)
-    resized = _resize(images, (box.height, box.width))
-    canvas = images.new_zeros(*images.shape[:-2], *target)
-    canvas[..., box.top : box.top + box.height, box.left : box.left + box.width] = resized
-    return canvas, box
+    return resize_image(images, target, mode="pad", interpolation="bilinear"), box
 
 
 def unletterbox(images: torch.Tensor, box: LetterBox, size: tuple[int, int]) -> torch.Tensor:
     """Inverse of :func:`letterbox`: crop the image region and resize it back to ``size``."""
     crop = images[..., box.top : box.top + box.height, box.left : box.left + box.width]
-    return _resize(crop, (int(size[0]), int(size[1])))
-
-
-def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(images.shape[-2:]) == tuple(size):
-        return images
-    # Antialias only when shrinking: it averages like "area" and avoids aliasing of fine ribs.
-    shrinking = size[0] < images.shape[-2] or size[1] < images.shape[-1]
-    return F.interpolate(images, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
+    if tuple(crop.shape[-2:]) == (int(size[0]), int(size[1])):
+        return crop
+    return resize_image(crop, (int(size[0]), int(size[1])), mode="stretch", interpolation="bilinear")
 
 
 def _check_batch(images: torch.Tensor) -> None:

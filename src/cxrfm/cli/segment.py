@@ -75,7 +75,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cxrfm.training.segmentation import evaluate_on_dataset
+    from cxrfm.anatomy.evaluate import evaluate_on_dataset
 
     if args.method == "segmenter" and not args.weights:
         from cxrfm.errors import ConfigError

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cxrfm.anatomy.evaluate import segmentation_pairs
 from cxrfm.anatomy.segmenter import PRESETS, LungSegmenter, LungSegmenterConfig, letterbox
 from cxrfm.config import save_config
 from cxrfm.evaluation.segmentation import dice_score
@@ -102,31 +103,8 @@ def load_pairs(
         samples = PhantomDataset(num_samples=data.num_phantoms, image_size=phantom_size, seed=seed)
         pairs = [(sample.image, sample.lung_mask) for sample in samples]
     else:
-        pairs = _read_manifest_pairs(data.kind, Path(data.root), split)
+        pairs = [(pair.image, pair.mask) for pair in segmentation_pairs(data.kind, data.root, split)]
     return pairs[: data.max_samples] if data.max_samples > 0 else pairs
-
-
-def _read_manifest_pairs(kind: str, root: Path, split: str) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    # TEMPORARY private reader until the cxrfm.data adapters land.
-    import csv
-
-    from PIL import Image
-
-    from cxrfm.errors import DatasetError
-
-    manifest = root / "manifest.csv"
-    if not manifest.is_file():
-        raise DatasetError(manifest, "manifest not found")
-    mask_column = "mask" if kind == "openist" else "mask_v7labs"
-    pairs = []
-    with open(manifest, newline="", encoding="utf-8") as handle:
-        for row in csv.DictReader(handle):
-            if row["split"] != split or not row.get(mask_column):
-                continue
-            image = np.asarray(Image.open(root / row["image"]).convert("L"), dtype=np.float32) / 255
-            mask = (np.asarray(Image.open(root / row[mask_column]).convert("L")) > 127).astype(np.float32)
-            pairs.append((torch.from_numpy(image)[None], torch.from_numpy(mask)[None]))
-    return pairs
 
 
 def stack_letterboxed(
@@ -234,8 +212,17 @@ def validation_dice(model: LungSegmenter, pairs: list[tuple[torch.Tensor, torch.
 # -------------------------------------------------------------------------------------- training
 
 
-def train_segmenter(config: SegmenterTrainConfig, run_dir: str | Path | None = None) -> Path:
-    """Train, validate every epoch, keep the best weights by val Dice; returns the run folder."""
+def train_segmenter(
+    config: SegmenterTrainConfig,
+    run_dir: str | Path | None = None,
+    train_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    val_pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+) -> Path:
+    """Train, validate every epoch, keep the best weights by val Dice; returns the run folder.
+
+    ``run_dir`` defaults to a new ``output_dir/run_name`` folder. ``train_pairs`` / ``val_pairs``
+    (``(image, mask)`` tensors ``(1, H, W)``) replace the data named by ``config.data``.
+    """
     optim = config.train
     torch.set_num_threads(optim.num_threads)
     generator = seed_everything(optim.seed)
@@ -244,8 +231,10 @@ def train_segmenter(config: SegmenterTrainConfig, run_dir: str | Path | None = N
     save_config(config, run_dir / "train_config.yaml")
 
     size = config.model.input_size
-    train_pairs = load_pairs(config.data, config.data.train_split, size, seed=optim.seed)
-    val_pairs = load_pairs(config.data, config.data.val_split, size, seed=optim.seed + 1)
+    if train_pairs is None:
+        train_pairs = load_pairs(config.data, config.data.train_split, size, seed=optim.seed)
+    if val_pairs is None:
+        val_pairs = load_pairs(config.data, config.data.val_split, size, seed=optim.seed + 1)
     images, masks, valid = stack_letterboxed(train_pairs, config.model.input_size)
     log.info("segmenter: %d train / %d val pairs at %s", len(train_pairs), len(val_pairs), config.model.input_size)
 
