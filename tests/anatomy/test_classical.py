@@ -60,3 +60,14 @@ def test_reaches_a_reasonable_dice_on_openist_test(shared_data_dir):
     scores = [dice_score(classical_lung_mask(p.image[0].numpy()), p.mask[0].numpy()) for p in pairs]
     assert len(scores) == 8
     assert np.mean(scores) > 0.8
+
+
+def test_region_provider_uses_the_classical_fallback():
+    import torch
+
+    from cxrfm.anatomy.regions import ChestRegionProvider
+
+    image, lungs = _synthetic_chest(96, 128)
+    masks = ChestRegionProvider("classical")(torch.from_numpy(image)[None, None])
+    assert masks.shape == (1, 1, 96, 128)
+    assert dice_score(masks[0, 0], lungs) > 0.85

@@ -45,7 +45,8 @@ class SegmentationPair:
 def segmentation_pairs(
     dataset: str, root: str | Path, split: str | None = "test", image_size: tuple[int, int] | None = None
 ) -> list[SegmentationPair]:
-    """Pairs from ``openist`` or ``covid`` (V7 masks only) through ``cxrfm.data``; ``split`` None or "all" = all."""
+    """Pairs with a mask from ``openist``, ``covid`` (V7 masks) or ``manifest`` (a ``mask`` column)
+    through ``cxrfm.data``; ``split`` None or "all" = every split. Rows without a mask are skipped."""
     from cxrfm.data.registry import build_dataset
 
     split = None if split in (None, "all") else split

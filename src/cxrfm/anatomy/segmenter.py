@@ -135,11 +135,13 @@ class LungSegmenter(nn.Module):
         _check_batch(images)
         was_training = self.training
         self.eval()
+        device = next(self.parameters()).device
         try:
-            device = next(self.parameters()).device
-            boxed, box = letterbox(images.to(device=device, dtype=torch.float32), self.config.input_size)
-            probabilities = torch.sigmoid(self(boxed))
-            return unletterbox(probabilities, box, images.shape[-2:]).to(images.device)
+            # Masks should not depend on the caller's autocast context (e.g. a bf16 MAE loop).
+            with torch.autocast(device_type=device.type, enabled=False):
+                boxed, box = letterbox(images.to(device=device, dtype=torch.float32), self.config.input_size)
+                probabilities = torch.sigmoid(self(boxed))
+                return unletterbox(probabilities, box, images.shape[-2:]).to(images.device)
         finally:
             self.train(was_training)
 

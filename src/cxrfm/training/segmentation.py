@@ -40,11 +40,12 @@ class SegmenterDataConfig:
     """Where the (image, lung mask) pairs come from.
 
     ``kind``: ``phantom`` (synthetic, exact masks; no files), ``openist`` (``root`` = the
-    lung_seg_openist folder) or ``covid`` (covid_chestxray with V7 masks). ``root`` is resolved
-    relative to the current directory. ``max_samples`` caps each split (0 = all).
+    lung_seg_openist folder), ``covid`` (covid_chestxray with V7 masks) or ``manifest`` (any CSV /
+    JSONL manifest with ``image``, ``mask`` and ``split`` columns; ``root`` = the file or its
+    folder). ``root`` is resolved relative to the current directory. ``max_samples`` caps each split (0 = all).
     """
 
-    kind: Literal["phantom", "openist", "covid"] = "phantom"
+    kind: Literal["phantom", "openist", "covid", "manifest"] = "phantom"
     root: str = "../shared/data/lung_seg_openist"
     train_split: str = "train"
     val_split: str = "val"
@@ -100,7 +101,9 @@ def load_pairs(
     if data.kind == "phantom":
         from cxrfm.data.phantom import PhantomDataset
 
-        samples = PhantomDataset(num_samples=data.num_phantoms, image_size=phantom_size, seed=seed)
+        # Validation needs fewer phantoms than training; distinct seeds keep the sets disjoint.
+        count = data.num_phantoms if split == data.train_split else max(8, data.num_phantoms // 4)
+        samples = PhantomDataset(num_samples=count, image_size=phantom_size, seed=seed)
         pairs = [(sample.image, sample.lung_mask) for sample in samples]
     else:
         pairs = [(pair.image, pair.mask) for pair in segmentation_pairs(data.kind, data.root, split)]
@@ -242,7 +245,7 @@ def train_segmenter(
     memory_format = torch.channels_last if optim.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
     optimizer = torch.optim.AdamW(model.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
-    steps_per_epoch = math.ceil(len(images) / optim.batch_size)
+    steps_per_epoch = len(_batches(torch.arange(len(images)), optim.batch_size))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(steps_per_epoch * optim.epochs, optim.warmup_fraction)
     )
@@ -274,14 +277,17 @@ def train_segmenter(
     return run_dir
 
 
+def _batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Consecutive index batches; a trailing batch of one is dropped (BatchNorm needs two samples)."""
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [batch for batch in batches if len(batch) > 1 or len(batches) == 1]
+
+
 def _train_epoch(model, optimizer, schedule, tensors, config, generator, memory_format, epoch) -> list[float]:
     images, masks, valid = tensors
     optim = config.train
     model.train()
-    order = torch.randperm(len(images), generator=generator)
-    # Drop a trailing batch of one: BatchNorm cannot normalise a single sample's statistics reliably.
-    batches = [order[i : i + optim.batch_size] for i in range(0, len(order), optim.batch_size)]
-    batches = [b for b in batches if len(b) > 1 or len(batches) == 1]
+    batches = _batches(torch.randperm(len(images), generator=generator), optim.batch_size)
     losses = []
     for indices in tqdm(batches, desc=f"epoch {epoch + 1}/{optim.epochs}", disable=not optim.progress, leave=False):
         batch_images, batch_masks = augment_batch(
