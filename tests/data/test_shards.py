@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from cxrfm.data import CXRDataset, ShardDataset, collate_samples, read_shard_index, write_shards
-from cxrfm.errors import DatasetError
+from cxrfm.errors import DatasetError, ImageReadError
 
 LABELS = ("Pneumonia", "Effusion", "Nodule")
 
@@ -131,11 +131,23 @@ def test_interrupted_write_resumes_after_the_last_finished_shard(source, tmp_pat
 
 def test_unreadable_items_are_skipped_and_listed(source, tmp_path):
     (tmp_path / "src" / "1.png").write_bytes(b"broken")
-    with pytest.raises(Exception, match="1.png"):
+    with pytest.raises(ImageReadError, match="1.png"):
         write_shards(source, tmp_path / "strict")
     index = write_shards(source, tmp_path / "lenient", skip_unreadable=True)
     assert index["num_samples"] == 4 and [s["index"] for s in index["skipped"]] == [1]
     assert index["skipped"][0]["path"].endswith("1.png") and index["splits"] == {"train": 3, "val": 1}
+
+
+def test_worker_processes_write_identical_shards(source, tmp_path):
+    (tmp_path / "src" / "3.png").write_bytes(b"broken")
+    serial = write_shards(source, tmp_path / "serial", max_samples_per_shard=2, skip_unreadable=True)
+    parallel = write_shards(source, tmp_path / "parallel", max_samples_per_shard=2, skip_unreadable=True, num_workers=2)
+    assert [s["name"] for s in parallel["shards"]] == [s["name"] for s in serial["shards"]]
+    for shard in serial["shards"]:
+        assert (tmp_path / "parallel" / shard["name"]).read_bytes() == (tmp_path / "serial" / shard["name"]).read_bytes()
+    assert parallel["skipped"] == serial["skipped"] and [s["index"] for s in serial["skipped"]] == [3]
+    with pytest.raises(ImageReadError, match="3.png"):
+        write_shards(source, tmp_path / "strict", num_workers=2)
 
 
 def test_text_only_items_cannot_be_sharded(tmp_path):

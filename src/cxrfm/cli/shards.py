@@ -55,6 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     write.add_argument("--encoding", choices=("png16", "png8", "jpeg"), default="png16", help="image encoding (default png16)")
     write.add_argument("--max-samples-per-shard", type=int, default=1000, help="default 1000")
     write.add_argument("--max-shard-bytes", type=_byte_count, default=1 << 30, help="e.g. 1G (default), 500M")
+    write.add_argument("--workers", type=int, default=0, help="processes that read, resize and encode (default 0: this one)")
     write.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out (listed in index.json)")
     write.add_argument("--check", action="store_true", help="read every image once before writing and stop if any fails")
     write.add_argument(
@@ -107,6 +108,7 @@ def run_write(args: argparse.Namespace) -> int:
             max_shard_bytes=args.max_shard_bytes,
             indices=indices,
             skip_unreadable=args.skip_unreadable,
+            num_workers=args.workers,
             progress=True,
         )
         log.info(

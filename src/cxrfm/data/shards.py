@@ -45,6 +45,9 @@ INDEX_FILE = "index.json"
 INDEX_FORMAT = "cxrfm-shards/1"
 ENCODINGS = ("png16", "png8", "jpeg")
 JPEG_QUALITY = 95
+# zlib level 1: at 1280x1280 16-bit about 3x faster to encode than Pillow's default (6) for ~6 % more
+# bytes, and a little faster to decode; shard writing is encode-bound.
+PNG_COMPRESS_LEVEL = 1
 
 # Settings that must match for a resumed write to continue an earlier one.
 _RESUME_KEYS = (
@@ -68,11 +71,11 @@ def encode_image(image: torch.Tensor | np.ndarray, encoding: str) -> tuple[str, 
     pixels = np.clip(np.asarray(image, dtype=np.float64).reshape(image.shape[-2:]), 0.0, 1.0)
     buffer = io.BytesIO()
     if encoding == "png16":
-        Image.fromarray(np.rint(pixels * 65535).astype(np.uint16)).save(buffer, format="PNG")
+        Image.fromarray(np.rint(pixels * 65535).astype(np.uint16)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         return "png", buffer.getvalue()
     quantised = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
     if encoding == "png8":
-        quantised.save(buffer, format="PNG")
+        quantised.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
         return "png", buffer.getvalue()
     if encoding == "jpeg":
         quantised.save(buffer, format="JPEG", quality=JPEG_QUALITY)
@@ -92,7 +95,9 @@ def decode_image(data: bytes) -> torch.Tensor:
 
 def _encode_mask(mask: torch.Tensor) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray((mask.reshape(mask.shape[-2:]).numpy() >= 0.5).astype(np.uint8) * 255).save(buffer, format="PNG")
+    Image.fromarray((mask.reshape(mask.shape[-2:]).numpy() >= 0.5).astype(np.uint8) * 255).save(
+        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
+    )
     return buffer.getvalue()
 
 
@@ -240,6 +245,89 @@ def _resume_state(out_dir: Path, settings: dict[str, Any], resume: bool) -> dict
     return index
 
 
+class _EncodedItems(torch.utils.data.Dataset):
+    """Position ``p`` -> ``(p, dataset index, members or None, (path, reason) or None)``.
+
+    Loading, resizing and encoding run here, so with ``num_workers`` they run in DataLoader
+    worker processes. An unreadable image comes back as a ``(path, reason)`` value for the writer
+    to decide on (plain values: our exceptions do not survive pickling between processes).
+    """
+
+    def __init__(self, dataset: Any, positions: Sequence[int], image_size, resize_mode: str, encoding: str):
+        self.dataset, self.positions = dataset, positions
+        self.image_size, self.resize_mode, self.encoding = image_size, resize_mode, encoding
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def __getitem__(self, position: int) -> tuple[int, int, dict[str, bytes] | None, tuple[str, str] | None]:
+        item = self.positions[position]
+        load = self.dataset.load if isinstance(self.dataset, CXRDataset) else self.dataset.__getitem__
+        try:
+            sample = load(item)
+        except ImageReadError as error:
+            return position, item, None, (error.path, error.reason)
+        if not sample.meta.get("has_image", True):
+            raise DatasetError(getattr(self.dataset, "source", "dataset"), f"item {item} has no image; shards store pixels")
+        return position, item, encode_sample(_resized(sample, self.image_size, self.resize_mode), self.encoding), None
+
+
+def _encoded_stream(items: _EncodedItems, start: int, num_workers: int) -> Iterator[tuple]:
+    """Encoded items from position ``start`` on, in order (loaded in ``num_workers`` processes)."""
+    remaining = torch.utils.data.Subset(items, range(start, len(items)))
+    if num_workers == 0:
+        yield from (remaining[i] for i in range(len(remaining)))
+        return
+    loader = torch.utils.data.DataLoader(
+        remaining, batch_size=None, num_workers=num_workers, collate_fn=_unchanged, prefetch_factor=4
+    )
+    yield from loader
+
+
+def _unchanged(value: Any) -> Any:
+    return value
+
+
+class _ShardWriter:
+    """Appends encoded samples to numbered shards and keeps ``index.json`` up to date."""
+
+    def __init__(self, out_dir: Path, index: dict[str, Any], prefix: str):
+        self.out_dir, self.index, self.prefix = out_dir, index, prefix
+        self.sink: _ShardSink | None = None
+        self.shard_start = 0
+
+    def add(self, position: int, item: int, members: dict[str, bytes]) -> None:
+        sink = self.sink
+        if sink is not None and (
+            sink.num_samples >= self.index["max_samples_per_shard"]
+            or sink.num_bytes + _planned_bytes(members) > self.index["max_shard_bytes"]
+        ):
+            self.finish_shard(position)
+        if self.sink is None:
+            self.sink, self.shard_start = _ShardSink(self.out_dir, self.prefix, len(self.index["shards"])), position
+        self.sink.add(f"{item:09d}", members)
+
+    def skip(self, position: int, item: int, path: str, reason: str) -> None:
+        self.index["skipped"].append({"position": position, "index": item, "path": path, "reason": reason})
+
+    def finish_shard(self, end: int) -> None:
+        """Close the open shard (items up to position ``end``, exclusive) and record it."""
+        if self.sink is None:
+            return
+        self.sink.close()
+        self.index["shards"].append(
+            {
+                "name": self.sink.name,
+                "num_samples": self.sink.num_samples,
+                "bytes": self.sink.final_path.stat().st_size,
+                "start": self.shard_start,
+                "end": end,
+            }
+        )
+        self.sink = None
+        _write_json_atomic(self.out_dir / INDEX_FILE, self.index)
+
+
 def write_shards(
     dataset: CXRDataset | torch.utils.data.Dataset,
     out_dir: str | Path,
@@ -253,6 +341,7 @@ def write_shards(
     prefix: str = "shard",
     skip_unreadable: bool | None = None,
     resume: bool = True,
+    num_workers: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Write ``dataset`` (or its ``indices``) as WebDataset shards in ``out_dir``; return the index.
@@ -269,6 +358,8 @@ def write_shards(
         skip_unreadable: leave out items whose image cannot be read (listed in the index as
             ``skipped``) instead of raising; None follows ``dataset.skip_unreadable``.
         resume: continue an unfinished write with the same settings (else DatasetError).
+        num_workers: processes that load, resize and encode (0 = this process); the written
+            order and shard contents do not depend on it.
         progress: show a tqdm progress bar.
 
     Returns:
@@ -305,42 +396,19 @@ def write_shards(
     }
     start = index["shards"][-1]["end"] if index["shards"] else 0
     index["skipped"] = [s for s in index["skipped"] if s["position"] < start]
-    load = dataset.load if isinstance(dataset, CXRDataset) else dataset.__getitem__
-    sink: _ShardSink | None = None
-    shard_start = start
-
-    def finish_shard(end: int) -> None:
-        sink.close()
-        index["shards"].append(
-            {"name": sink.name, "num_samples": sink.num_samples, "bytes": sink.final_path.stat().st_size, "start": shard_start, "end": end}
-        )
-        _write_json_atomic(out_dir / INDEX_FILE, index)
-
+    writer = _ShardWriter(out_dir, index, prefix)
+    items = _EncodedItems(dataset, positions, image_size, resize_mode, encoding)
     bar = tqdm(total=len(positions), initial=start, desc=f"writing {out_dir.name}", unit="img", disable=not progress)
     with bar:
-        for position in range(start, len(positions)):
+        for position, item, members, error in _encoded_stream(items, start, num_workers):
             bar.update(1)
-            item = positions[position]
-            try:
-                sample = load(item)
-            except ImageReadError as error:
-                if not skip_unreadable:
-                    raise
-                index["skipped"].append({"position": position, "index": item, "path": error.path, "reason": error.reason})
-                continue
-            if not sample.meta.get("has_image", True):
-                raise DatasetError(getattr(dataset, "source", "dataset"), f"item {item} has no image; shards store pixels")
-            members = encode_sample(_resized(sample, image_size, resize_mode), encoding)
-            if sink is not None and (
-                sink.num_samples >= max_samples_per_shard or sink.num_bytes + _planned_bytes(members) > max_shard_bytes
-            ):
-                finish_shard(position)
-                sink = None
-            if sink is None:
-                sink, shard_start = _ShardSink(out_dir, prefix, len(index["shards"])), position
-            sink.add(f"{item:09d}", members)
-        if sink is not None:
-            finish_shard(len(positions))
+            if error is not None and not skip_unreadable:
+                raise ImageReadError(*error)
+            if error is not None:
+                writer.skip(position, item, *error)
+            else:
+                writer.add(position, item, members)
+        writer.finish_shard(len(positions))
     index.update(
         num_samples=sum(s["num_samples"] for s in index["shards"]),
         splits=_split_counts(dataset, positions, index["skipped"]),
