@@ -59,3 +59,16 @@ def test_registry_knows_every_cli_choice(folder):
     assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 1 and dataset[0].image.shape == (1, 4, 4)
     with pytest.raises(ValueError, match="unknown dataset kind 'padchest'.*folder"):
         build_dataset("padchest", folder)
+
+
+def test_rsna_boxes_in_shards_follow_the_resize(tmp_path, write_dicom, make_ramp):
+    root = tmp_path / "rsna"
+    root.mkdir()
+    (root / "stage_2_train_labels.csv").write_text("patientId,x,y,width,height,Target\nabc,2.0,4.0,6.0,8.0,1\n")
+    write_dicom(root / "stage_2_train_images" / "abc.dcm", make_ramp(10, 20, dtype=np.uint16))
+    out = tmp_path / "shards"
+    assert main(["shards", "write", "--dataset", "rsna", "--root", str(root), "--out", str(out), "--size", "20", "20"]) == 0
+    (split_folder,) = [p for p in out.iterdir() if p.is_dir()]
+    (sample,) = list(ShardDataset(split_folder))
+    assert sample.meta["boxes"] == [[2.0, 4.0, 6.0, 8.0]]
+    assert sample.meta["boxes_resized"] == [[2.0, 9.0, 6.0, 8.0]]  # 10x20 centred in 20x20: 5 rows on top

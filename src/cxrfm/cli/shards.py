@@ -84,7 +84,10 @@ def run_write(args: argparse.Namespace) -> int:
         args.dataset,
         args.root,
         split=args.split,
-        image_size=None,  # write_shards resizes: one resize, straight from the source pixels
+        # The dataset resizes (once, from the source pixels) so adapters can move what follows the
+        # image geometry along with it (RSNA boxes); write_shards then finds the size already right.
+        image_size=tuple(args.size),
+        resize_mode=args.mode,
         skip_unreadable=args.skip_unreadable,
         **options,
     )
