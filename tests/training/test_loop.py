@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -114,3 +115,14 @@ def test_train_config_rejects_nonsense():
         TrainConfig(max_steps=0)
     with pytest.raises(ValueError):
         TrainConfig(ema_decay=1.5)
+
+
+def test_weight_decay_schedule_only_touches_decayed_groups(tmp_path):
+    config = _config(tmp_path, "wd", max_steps=4, weight_decay=0.04, weight_decay_end=0.4)
+    trainer = Trainer(toy_model(), ToyTask(), ToyRegression(), config)
+    result = trainer.fit()
+    decays = sorted(group["weight_decay"] for group in trainer.optimizer.param_groups)
+    assert decays[0] == 0.0 and decays[1] == pytest.approx(0.04 + 0.36 * 0.5 * (1 - math.cos(math.pi * 3 / 4)))
+    assert [round(r["weight_decay"], 4) for r in result.history][0] == 0.04
+    # The learning rate the optimiser used: warm-up over 2 steps, then cosine over the last 2.
+    assert [r["lr"] for r in result.history] == pytest.approx([0.025, 0.05, 0.05, 0.025])

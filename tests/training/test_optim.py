@@ -71,3 +71,11 @@ def test_param_groups_exempt_biases_norms_and_embeddings_without_freezing_them()
     (model.norm(model.proj(torch.randn(2, 8))) ** 2).sum().backward()
     optimizer.step()
     assert not torch.equal(before, model.norm.weight)
+
+
+def test_weight_decay_schedule_runs_from_start_to_end():
+    from cxrfm.training.optim import cosine_weight_decay
+
+    assert cosine_weight_decay(0, max_steps=100, start=0.04, end=0.4) == pytest.approx(0.04)
+    assert cosine_weight_decay(50, max_steps=100, start=0.04, end=0.4) == pytest.approx(0.22)
+    assert cosine_weight_decay(100, max_steps=100, start=0.04, end=0.4) == pytest.approx(0.4)

@@ -42,7 +42,7 @@ from cxrfm.data.sample import CXRBatch, CXRSample, collate_samples
 from cxrfm.errors import CXRFMError, ConfigError, DatasetError
 from cxrfm.training import checkpoint as ckpt
 from cxrfm.training import distributed
-from cxrfm.training.optim import build_scheduler, default_param_groups, scaled_learning_rate
+from cxrfm.training.optim import build_scheduler, cosine_weight_decay, default_param_groups, scaled_learning_rate
 from cxrfm.training.randomness import capture_rng_state, restore_rng_state
 from cxrfm.training.sampler import ResumableDistributedSampler
 
@@ -61,11 +61,14 @@ class TrainConfig:
         lr: peak learning rate; None -> ``base_lr * batch_size / 256``.
         base_lr: learning rate per 256 samples (used when ``lr`` is None).
         weight_decay, betas: AdamW (no decay on biases, norms, position embeddings, tokens).
+        weight_decay_end: when set, the decay of the decayed groups follows a half cosine from
+            ``weight_decay`` to this value (the HD-MAE code's 0.04 -> 0.4); None keeps it constant.
         warmup_steps: linear warm-up steps; then half-cycle cosine down to ``min_lr``.
         clip_grad: max global gradient norm, or None.
         precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler).
         ema_decay: keep an exponential moving average of the weights (e.g. 0.9999), or None.
         checkpoint_every: save every N steps (0: only at the end); keep_checkpoints: keep the last K.
+        save_checkpoints: False saves nothing at all (benchmarks, smoke runs).
         log_every, figure_every, validate_every: cadence in steps (0 disables figures/validation
             except at the end).
         figure_samples: samples in the fixed figure batch.
@@ -85,6 +88,7 @@ class TrainConfig:
     lr: float | None = None
     base_lr: float = 1.5e-4
     weight_decay: float = 0.05
+    weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
     warmup_steps: int = 0
     min_lr: float = 0.0
@@ -93,6 +97,7 @@ class TrainConfig:
     ema_decay: float | None = None
     checkpoint_every: int = 0
     keep_checkpoints: int = 3
+    save_checkpoints: bool = True
     log_every: int = 10
     figure_every: int = 0
     validate_every: int = 0
@@ -209,18 +214,21 @@ class _IndexedDataset(Dataset):
 
 
 def batch_sample_ids(batch: CXRBatch) -> torch.Tensor:
-    """``(B,)`` int64 ids of a batch's samples: the dataset index, else a CRC32 of key/path.
+    """``(B,)`` int64 ids of a batch's samples, which key per-sample random numbers.
 
-    These key per-sample random numbers, so they must not depend on the batch position or rank.
+    The dataset index (``meta["index"]``, set by the Trainer for map-style datasets), else a CRC32
+    of ``meta["path"]`` / ``meta["shard_key"]`` / ``meta["key"]`` (shard streams). Never the batch
+    position or rank, so the numbers do not depend on how batches are split.
     """
     ids = []
     for position, meta in enumerate(batch.meta):
         if "index" in meta:
             ids.append(int(meta["index"]))
-        elif meta.get("key") or meta.get("path"):
-            ids.append(zlib.crc32(str(meta.get("key") or meta.get("path")).encode("utf-8")))
-        else:
-            raise DatasetError("batch", f"sample {position} has neither meta['index'] nor a key/path to identify it")
+            continue
+        name = next((meta[key] for key in ("path", "shard_key", "key") if meta.get(key)), None)
+        if name is None:
+            raise DatasetError("batch", f"sample {position} has no meta index, path or key to identify it")
+        ids.append(zlib.crc32(str(name).encode("utf-8")))
     return torch.tensor(ids, dtype=torch.int64)
 
 
@@ -490,7 +498,8 @@ class Trainer:
 
         config = self.config
         batches = self._micro_batches()
-        figure_batch = self._figure_batch() if self.dist.is_main and hasattr(self.task, "on_figure") else None
+        wants_figures = getattr(self.task, "on_figure", None) is not None
+        figure_batch = self._figure_batch() if self.dist.is_main and wants_figures else None
         progress = tqdm(
             total=config.max_steps,
             initial=self.step,
@@ -554,6 +563,8 @@ class Trainer:
         step_metrics["grad_norm"] = values[-1]
         self._guard_finite(step_metrics)
         step_metrics["lr"] = self.optimizer.param_groups[0]["lr"]
+        if config.weight_decay_end is not None:
+            step_metrics["weight_decay"] = self._apply_weight_decay_schedule()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -561,6 +572,14 @@ class Trainer:
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
         return step_metrics
+
+    def _apply_weight_decay_schedule(self) -> float:
+        config = self.config
+        decay = cosine_weight_decay(self.step, max_steps=config.max_steps, start=config.weight_decay, end=config.weight_decay_end)
+        for group in self.optimizer.param_groups:
+            if group["weight_decay"] > 0:  # the no-decay groups stay at exactly 0
+                group["weight_decay"] = decay
+        return decay
 
     def _guard_finite(self, step_metrics: dict[str, float]) -> None:
         step = self.step + 1  # 1-based, as in logs and checkpoint names
@@ -590,7 +609,7 @@ class Trainer:
 
     def _periodic_hooks(self, figure_batch: Any) -> None:
         config = self.config
-        if config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+        if config.save_checkpoints and config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
             self.save_checkpoint()
         if config.figure_every and self.step % config.figure_every == 0 and self.step < config.max_steps:
             self._make_figure(figure_batch)
@@ -598,7 +617,9 @@ class Trainer:
             self._validate()
 
     def _finish(self, figure_batch: Any) -> None:
-        if self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step):
+        if self.config.save_checkpoints and (
+            self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step)
+        ):
             self.save_checkpoint()
         self._make_figure(figure_batch)
         self._validate()

@@ -75,6 +75,12 @@ def lr_factor(step: int, *, max_steps: int, warmup_steps: int, min_lr_ratio: flo
     return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def cosine_weight_decay(step: int, *, max_steps: int, start: float, end: float) -> float:
+    """Weight decay rising (or falling) from ``start`` to ``end`` along a half cosine (DINO/HD-MAE code)."""
+    progress = min(1.0, step / max(1, max_steps))
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def build_scheduler(
     optimizer: torch.optim.Optimizer, *, max_steps: int, warmup_steps: int, peak_lr: float, min_lr: float
 ) -> torch.optim.lr_scheduler.LambdaLR:

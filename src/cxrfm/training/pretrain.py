@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset, IterableDataset
 
+from cxrfm.config import from_dict
 from cxrfm.errors import ConfigError
 from cxrfm.training.augment import UNIFORMS_PER_SAMPLE, intensity_jitter, random_resized_crop
 from cxrfm.training.figures import save_reconstruction_figure
@@ -69,24 +70,45 @@ class MaskingSection:
 @dataclass
 class DataSource:
     """One training source. ``kind``: ``phantom``, ``shards`` or a ``cxrfm.data.registry`` kind
-    (``folder``, ``manifest``, ``openist``, ``covid``, ...). ``root``: its folder (shards: a folder
-    or a brace pattern of ``.tar`` files). ``num_samples``/``seed``: phantom only. ``options``:
-    passed to the dataset."""
+    (``folder``, ``manifest``, ``openist``, ``covid``, ...); defaults to the source's name.
+    ``root``: its folder (shards: a folder or a brace pattern of ``.tar`` files).
+    ``num_samples``/``seed``: phantom only. ``cache``: keep decoded samples in memory after first
+    use (small sets, ``num_workers: 0``). ``options``: passed to the dataset."""
 
-    kind: str = "phantom"
+    kind: str | None = None
     root: str | None = None
     split: str | None = "train"
     num_samples: int = 256
     seed: int = 0
+    cache: bool = False
     options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class DataSection:
-    """Several sources are concatenated (a "mixed" run). ``image_size`` defaults to the model's."""
+    """Named sources, concatenated when there are several (a "mixed" run)::
 
-    sources: list[DataSource] = field(default_factory=lambda: [DataSource()])
+        sources:
+          openist: {root: ../shared/data/lung_seg_openist}
+          covid: {root: ../shared/data/covid_chestxray, options: {mask_source: any}}
+
+    Names make overrides easy: ``--set data.sources.openist.root=/data/openist``.
+    ``image_size`` defaults to the model's.
+    """
+
+    sources: dict[str, DataSource] = field(default_factory=lambda: {"phantom": DataSource()})
     image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        # The YAML loader leaves mapping values as plain dicts: build (and check) each source here.
+        built = {}
+        for name, source in self.sources.items():
+            if not isinstance(source, DataSource):
+                source = from_dict(DataSource, source, prefix=f"data.sources.{name}")
+            if source.kind is None:
+                source.kind = name
+            built[name] = source
+        self.sources = built
 
 
 @dataclass
@@ -174,7 +196,14 @@ def build_pretrain_dataset(section: DataSection, image_size: tuple[int, int]) ->
     """All sources at ``image_size``; one dataset, or their concatenation."""
     if not section.sources:
         raise ConfigError("data.sources", "at least one source is needed")
-    datasets = [_build_source(source, image_size, index) for index, source in enumerate(section.sources)]
+    datasets = []
+    for name, source in section.sources.items():
+        dataset = _build_source(source, image_size, f"data.sources.{name}")
+        if source.cache:
+            if isinstance(dataset, IterableDataset):
+                raise ConfigError(f"data.sources.{name}.cache", "shard streams cannot be cached")
+            dataset = CachedDataset(dataset)
+        datasets.append(dataset)
     if len(datasets) == 1:
         return datasets[0]
     if any(isinstance(dataset, IterableDataset) for dataset in datasets):
@@ -182,8 +211,27 @@ def build_pretrain_dataset(section: DataSection, image_size: tuple[int, int]) ->
     return ConcatDataset(datasets)
 
 
-def _build_source(source: DataSource, image_size: tuple[int, int], index: int) -> Dataset:
-    field_name = f"data.sources[{index}]"
+class CachedDataset(Dataset):
+    """Keeps each sample after its first load (phantoms are drawn, JPEGs decoded, only once).
+
+    The cache lives in the process that loads, so use it with ``num_workers: 0`` (each worker
+    would otherwise hold its own copy).
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self.cache:
+            self.cache[index] = self.dataset[index]
+        return self.cache[index]
+
+
+def _build_source(source: DataSource, image_size: tuple[int, int], field_name: str) -> Dataset:
     kind = source.kind.strip().lower()
     if kind == "phantom":
         from cxrfm.data.phantom import PhantomDataset
@@ -324,6 +372,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool | str | Path = False
 
 __all__ = [
     "AugmentSection",
+    "CachedDataset",
     "DataSection",
     "DataSource",
     "FigureSection",
