@@ -14,6 +14,7 @@ from cxrfm.errors import ConfigError
 from cxrfm.models import VisionTransformer
 from cxrfm.training.augment import random_resized_crop
 from cxrfm.training.loop import StepContext, TrainConfig
+from .toy_run import TwoLungs
 from cxrfm.training.pretrain import (
     MAEPretrainTask,
     PretrainConfig,
@@ -21,26 +22,6 @@ from cxrfm.training.pretrain import (
     resolve_image_size,
     run_pretraining,
 )
-
-
-class TwoLungs(Dataset):
-    """Dark ellipses ("lungs") on a brighter body, with their masks; deterministic per index."""
-
-    def __init__(self, count: int = 16, size: int = 64):
-        self.count, self.size = count, size
-
-    def __len__(self):
-        return self.count
-
-    def __getitem__(self, index):
-        generator = torch.Generator().manual_seed(index)
-        y, x = torch.meshgrid(torch.linspace(-1, 1, self.size), torch.linspace(-1, 1, self.size), indexing="ij")
-        shift = 0.1 * (torch.rand(2, generator=generator) - 0.5)
-        left = ((x + 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
-        right = ((x - 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
-        lungs = (left | right).float()
-        image = 0.7 - 0.5 * lungs + 0.05 * torch.rand(self.size, self.size, generator=generator)
-        return CXRSample(image=image[None].clamp(0, 1), lung_mask=lungs[None], meta={"path": f"toy/{index}.png"})
 
 
 def _config(tmp_path, **train) -> PretrainConfig:
@@ -101,7 +82,7 @@ def test_run_pretraining_end_to_end_writes_outputs_and_learns(tmp_path, monkeypa
     import cxrfm.training.pretrain as pretrain
 
     monkeypatch.setattr(pretrain, "build_pretrain_dataset", lambda section, size: TwoLungs(16, size[0]))
-    config = _config(tmp_path, max_steps=20, lr=3e-3, log_every=5, figure_every=10)
+    config = _config(tmp_path, max_steps=20, lr=3e-3, log_every=5, figure_every=10, tensorboard=False)
     result = run_pretraining(config)
     run = tmp_path / "run"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -127,3 +108,43 @@ def test_image_size_conflicts_are_config_errors(tmp_path):
     config.data.image_size = (64, 64)
     assert resolve_image_size(config) == (64, 64)
     assert TrainConfig is not None
+
+
+class _CrashAt(MAEPretrainTask):
+    crash_step = 4
+
+    def training_step(self, model, batch, ctx):
+        if ctx.step == self.crash_step:
+            raise RuntimeError("simulated crash")
+        return super().training_step(model, batch, ctx)
+
+
+def test_shard_stream_trains_and_resumes_by_skipping_ahead(tmp_path):
+    from safetensors.torch import load_file
+
+    from cxrfm.data.shards import ShardDataset, write_shards
+    from cxrfm.training.checkpoint import latest_checkpoint
+    from cxrfm.training.loop import Trainer
+
+    write_shards(TwoLungs(24), tmp_path / "shards", max_samples_per_shard=6)
+
+    def run(name, task_class, resume=False):
+        config = _config(tmp_path / name, max_steps=8, checkpoint_every=3, figure_every=0, tensorboard=False)
+        config.augment.random_resized_crop = False
+        torch.manual_seed(0)
+        model = build_model(config.model)
+        task = task_class(config)
+        task.on_figure = task.on_train_end = None
+        stream = ShardDataset(tmp_path / "shards", shuffle=True, shuffle_buffer=8, seed=3)
+        return Trainer(model, task, stream, config.train).fit(resume=resume)
+
+    clean = run("clean", MAEPretrainTask)
+    assert clean.step == 8  # 24 samples / batch 4 = 6 steps per epoch: crosses into epoch 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run("crashed", _CrashAt)
+    resumed = run("crashed", MAEPretrainTask, resume=True)
+    assert resumed.step == 8
+    expected = load_file(str(latest_checkpoint(tmp_path / "clean" / "run" / "checkpoints") / "model.safetensors"))
+    got = load_file(str(latest_checkpoint(tmp_path / "crashed" / "run" / "checkpoints") / "model.safetensors"))
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name

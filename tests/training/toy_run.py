@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from cxrfm.data.sample import CXRSample
 from cxrfm.training import BaseTask, StepContext, TrainConfig, Trainer
 from cxrfm.training.randomness import STREAM_MASKING, hashed_uniform
 
@@ -40,6 +41,43 @@ class ToyRegression(Dataset):
 
     def __getitem__(self, index: int):
         return torch.tensor(index), self.x[index], self.y[index]
+
+
+class TwoLungs(Dataset):
+    """Chest-like images: dark ellipses ("lungs") on a brighter body, with their masks."""
+
+    def __init__(self, count: int = 16, size: int = 64):
+        self.count, self.size = count, size
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        generator = torch.Generator().manual_seed(index)
+        y, x = torch.meshgrid(torch.linspace(-1, 1, self.size), torch.linspace(-1, 1, self.size), indexing="ij")
+        shift = 0.1 * (torch.rand(2, generator=generator) - 0.5)
+        left = ((x + 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
+        right = ((x - 0.4 + shift[0]) / 0.28) ** 2 + ((y + shift[1]) / 0.55) ** 2 < 1
+        lungs = (left | right).float()
+        image = 0.7 - 0.5 * lungs + 0.05 * torch.rand(self.size, self.size, generator=generator)
+        return CXRSample(image=image[None].clamp(0, 1), lung_mask=lungs[None], meta={"path": f"toy/{index}.png"})
+
+
+def mae_setup(max_steps: int):
+    """A one-block MAE on 64x64 TwoLungs with context-aware masking and crop augmentation."""
+    from cxrfm.config import from_dict
+    from cxrfm.training.pretrain import MAEPretrainTask, PretrainConfig, build_model
+
+    config = from_dict(
+        PretrainConfig,
+        {
+            "model": {"preset": "mae-tiny-cpu", "overrides": {"image_size": [64, 64], "patch_size": [8, 8], "depth": 1, "decoder_depth": 1}},
+            "masking": {"kind": "context", "ratio_inside": 0.75, "ratio_outside": 0.5, "region": "given"},
+            "augment": {"random_resized_crop": True, "intensity_jitter": 0.1},
+        },
+    )
+    torch.manual_seed(0)
+    return build_model(config.model), MAEPretrainTask(config), TwoLungs(24)
 
 
 def toy_model(dropout: float = 0.0, seed: int = 0) -> nn.Module:
@@ -75,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--sleep", type=float, default=0.0)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--mae", action="store_true", help="tiny MAE with context-aware masking instead of the MLP")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     config = TrainConfig(
@@ -92,7 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         tensorboard=False,
         progress_bar=False,
     )
-    result = Trainer(toy_model(args.dropout), ToyTask(args.sleep), ToyRegression(), config).fit(resume=args.resume)
+    if args.mae:
+        model, task, dataset = mae_setup(args.max_steps)
+        task.on_figure = task.on_train_end = None
+    else:
+        model, task, dataset = toy_model(args.dropout), ToyTask(args.sleep), ToyRegression()
+    result = Trainer(model, task, dataset, config).fit(resume=args.resume)
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         Path(args.output_dir, "history.json").write_text(json.dumps(result.history))
     return 0
