@@ -56,7 +56,7 @@ class Rates:
     num_patches: int
     gflops_per_image: float
     loader: float | None
-    model: float
+    model: float | None
     e2e: float | None
     peak_tflops: float | None
 
@@ -214,7 +214,7 @@ def run_preset(args: argparse.Namespace, preset: str, work_dir: Path) -> Rates:
     num_keep = task.masker.num_keep(num_patches)
     peak = args.peak_tflops if args.peak_tflops is not None else _default_peak(device)
     loader = None if args.skip_loader else measure_loader(shards, args.batch_size, args.num_workers, max(2, args.steps))
-    model_rate = measure_model(config, shards, args.steps, args.warmup_steps)
+    model_rate = None if args.skip_model else measure_model(config, shards, args.steps, args.warmup_steps)
     e2e = None if args.skip_e2e else measure_e2e(config, shards, args.steps, args.warmup_steps)
     return Rates(preset, size, args.batch_size, num_keep, num_patches, mae_flops_per_image(model_config, num_keep) / 1e9, loader, model_rate, e2e, peak)
 
@@ -266,6 +266,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--peak-tflops", type=float, help="device peak for MFU (default by GPU name)")
     parser.add_argument("--work-dir", help="keep shards here (default: a temporary folder, removed)")
     parser.add_argument("--skip-loader", action="store_true")
+    parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--skip-e2e", action="store_true")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--json", help="also write the results here")

@@ -126,3 +126,21 @@ def test_weight_decay_schedule_only_touches_decayed_groups(tmp_path):
     assert [round(r["weight_decay"], 4) for r in result.history][0] == 0.04
     # The learning rate the optimiser used: warm-up over 2 steps, then cosine over the last 2.
     assert [r["lr"] for r in result.history] == pytest.approx([0.025, 0.05, 0.05, 0.025])
+
+
+class _ValidatingTask(ToyTask):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def validate(self, model, step):
+        self.calls.append((step, model.training))
+        return {"score": float(step)}
+
+
+def test_validate_hook_runs_in_eval_mode_on_cadence_and_at_the_end(tmp_path):
+    task = _ValidatingTask()
+    Trainer(toy_model(), task, ToyRegression(), _config(tmp_path, "val", max_steps=5, validate_every=2)).fit()
+    assert task.calls == [(2, False), (4, False), (5, False)]
+    records = [json.loads(line) for line in (tmp_path / "val" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val/score"] for r in records if "val/score" in r] == [2.0, 4.0, 5.0]

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from cxrfm.config import from_dict, load_config
 from cxrfm.data.sample import CXRSample, collate_samples
 from cxrfm.errors import ConfigError
-from cxrfm.models import VisionTransformer
+from cxrfm.models import MaskedAutoencoder, VisionTransformer
 from cxrfm.training.augment import random_resized_crop
 from cxrfm.training.loop import StepContext, TrainConfig
 from .toy_run import TwoLungs
@@ -92,7 +92,9 @@ def test_run_pretraining_end_to_end_writes_outputs_and_learns(tmp_path, monkeypa
         "reconstruction_step_0000010.png",
         "reconstruction_step_0000020.png",
     ]
-    assert (run / "checkpoints" / "step_0000020" / "model.safetensors").is_file()
+    # Checkpoint folders are save_pretrained folders: the whole MAE loads from one.
+    reloaded = MaskedAutoencoder.from_pretrained(run / "checkpoints" / "step_0000020")
+    assert reloaded.config.encoder.depth == 2
     encoder = VisionTransformer.from_pretrained(run / "encoder")
     assert encoder.config.image_size == (64, 64) and encoder.config.depth == 2
     saved = load_config(PretrainConfig, run / "config.yaml")

@@ -74,6 +74,7 @@ class TrainConfig:
         figure_samples: samples in the fixed figure batch.
         seed: base seed of data order, per-sample randomness and global RNGs.
         num_workers: DataLoader worker processes per rank.
+        num_threads: torch CPU threads (None: torch's default). On shared CPUs 1 is often faster.
         device: ``auto`` (cuda:<local rank> if available, else cpu), ``cpu``, ``cuda``.
         compile: wrap the model in ``torch.compile``.
         shuffle: shuffle map-style datasets each epoch.
@@ -104,6 +105,7 @@ class TrainConfig:
     figure_samples: int = 4
     seed: int = 0
     num_workers: int = 0
+    num_threads: int | None = None
     device: str = "auto"
     compile: bool = False
     shuffle: bool = True
@@ -305,6 +307,8 @@ class Trainer:
     def _setup(self, resume: bool | str | Path) -> None:
         config = self.config
         self.dist = distributed.init_distributed(config.device)
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
         self.device = self.dist.device
         per_rank = self.dist.world_size * config.grad_accum_steps
         if config.batch_size % per_rank:
