@@ -6,15 +6,13 @@ import json
 
 import pytest
 import torch
-from torch.utils.data import Dataset
 
 from cxrfm.config import from_dict, load_config
-from cxrfm.data.sample import CXRSample, collate_samples
+from cxrfm.data.sample import collate_samples
 from cxrfm.errors import ConfigError
 from cxrfm.models import MaskedAutoencoder, VisionTransformer
 from cxrfm.training.augment import random_resized_crop
-from cxrfm.training.loop import StepContext, TrainConfig
-from .toy_run import TwoLungs
+from cxrfm.training.loop import StepContext
 from cxrfm.training.pretrain import (
     MAEPretrainTask,
     PretrainConfig,
@@ -22,6 +20,8 @@ from cxrfm.training.pretrain import (
     resolve_image_size,
     run_pretraining,
 )
+
+from .toy_run import TwoLungs
 
 
 def _config(tmp_path, **train) -> PretrainConfig:
@@ -109,7 +109,6 @@ def test_image_size_conflicts_are_config_errors(tmp_path):
     config.model.overrides = {}
     config.data.image_size = (64, 64)
     assert resolve_image_size(config) == (64, 64)
-    assert TrainConfig is not None
 
 
 class _CrashAt(MAEPretrainTask):

@@ -302,6 +302,8 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
         self.history: list[dict[str, float]] = []
+        self.writer = None
+        self.dist: distributed.DistributedContext | None = None
 
     # ----------------------------------------------------------------------------------- set-up
     def _setup(self, resume: bool | str | Path) -> None:
@@ -401,7 +403,6 @@ class Trainer:
         return model
 
     def _setup_outputs(self) -> None:
-        self.writer = None
         self.metrics_path = self.output_dir / "metrics.jsonl"
         if not self.dist.is_main:
             return
@@ -489,13 +490,14 @@ class Trainer:
     # ------------------------------------------------------------------------------- the loop
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
         """Train to ``max_steps`` (from the latest checkpoint when ``resume``) and return the result."""
-        self._setup(resume)
         try:
+            self._setup(resume)
             return self._run()
         finally:
             if self.writer is not None:
                 self.writer.close()
-            distributed.cleanup_distributed(self.dist)
+            if self.dist is not None:
+                distributed.cleanup_distributed(self.dist)
 
     def _run(self) -> TrainResult:
         from tqdm.auto import tqdm
