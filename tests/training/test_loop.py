@@ -144,3 +144,11 @@ def test_validate_hook_runs_in_eval_mode_on_cadence_and_at_the_end(tmp_path):
     assert task.calls == [(2, False), (4, False), (5, False)]
     records = [json.loads(line) for line in (tmp_path / "val" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val/score"] for r in records if "val/score" in r] == [2.0, 4.0, 5.0]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_on_cpu(tmp_path, precision):
+    result = Trainer(toy_model(), ToyTask(), ToyRegression(), _config(tmp_path, precision, precision=precision)).fit()
+    assert all(math.isfinite(record["loss"]) for record in result.history)
+    if precision == "fp16":  # the GradScaler is active and reported
+        assert all(record["loss_scale"] > 0 for record in result.history)

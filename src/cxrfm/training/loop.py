@@ -26,7 +26,9 @@ import contextlib
 import json
 import logging
 import math
+import re
 import time
+import warnings
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -573,7 +575,13 @@ class Trainer:
             step_metrics["weight_decay"] = self._apply_weight_decay_schedule()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        if self.scaler.is_enabled():
+            step_metrics["loss_scale"] = self.scaler.get_scale()
+        with warnings.catch_warnings():
+            # Under fp16 the GradScaler skips steps whose gradients overflowed; the schedule is
+            # per iteration and moves on anyway, which torch would otherwise warn about.
+            warnings.filterwarnings("ignore", message=re.escape("Detected call of `lr_scheduler.step()`"))
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema_model is not None:
             self.ema_model.update_parameters(self.model)
