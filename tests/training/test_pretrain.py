@@ -149,3 +149,30 @@ def test_shard_stream_trains_and_resumes_by_skipping_ahead(tmp_path):
     got = load_file(str(latest_checkpoint(tmp_path / "crashed" / "run" / "checkpoints") / "model.safetensors"))
     for name in expected:
         assert torch.equal(expected[name], got[name]), name
+
+
+@pytest.mark.parametrize("region", ["segmenter", "classical", "rectangle"])
+def test_region_sources_feed_the_masker(tmp_path, region):
+    from cxrfm.anatomy.segmenter import PRESETS, LungSegmenter
+
+    config = _config(tmp_path)
+    config.masking.region = region
+    if region == "segmenter":
+        torch.manual_seed(0)
+        LungSegmenter(PRESETS["tiny"]).save_pretrained(tmp_path / "segmenter")
+        config.masking.segmenter_weights = str(tmp_path / "segmenter")
+    task = MAEPretrainTask(config)
+    model = build_model(config.model, (64, 64))
+    batch = collate_samples([TwoLungs()[i] for i in range(2)])
+    regions, masking = task.mask_batch(model, batch.images, None, torch.arange(2), seed=0, epoch=0, stream=1)
+    assert regions.shape == (2, 1, 64, 64) and set(regions.unique().tolist()) <= {0.0, 1.0}
+    assert masking.mask.shape == (2, model.num_patches)
+    if region == "rectangle":  # the reference box: a fixed share of the patches is "inside"
+        assert torch.equal(regions[0], regions[1]) and 0.2 < regions.mean() < 0.5
+
+
+def test_segmenter_region_without_weights_is_a_config_error(tmp_path):
+    config = _config(tmp_path)
+    config.masking.region = "segmenter"
+    with pytest.raises(ConfigError, match="segmenter_weights"):
+        MAEPretrainTask(config)
