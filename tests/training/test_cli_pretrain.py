@@ -60,3 +60,27 @@ def test_cli_trains_the_tiny_phantom_config_and_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5]
     assert (out / "checkpoints" / "latest").read_text().strip() == "step_0000005"
+
+
+@pytest.mark.realdata
+def test_small_realdata_config_trains_on_the_shared_data(tmp_path, shared_data_dir):
+    from cxrfm.training.pretrain import build_pretrain_dataset, run_pretraining
+
+    overrides = [
+        f"data.sources.openist.root={shared_data_dir / 'lung_seg_openist'}",
+        f"data.sources.covid.root={shared_data_dir / 'covid_chestxray'}",
+        "data.sources.openist.cache=false",
+        "data.sources.covid.cache=false",
+        f"train.output_dir={tmp_path / 'run'}",
+        "train.max_steps=2",
+        "train.batch_size=4",
+        "train.figure_samples=2",
+        "train.progress_bar=false",
+        "train.tensorboard=false",
+    ]
+    config = load_config(PretrainConfig, resolve_config_path("mae-small-realdata"), overrides)
+    dataset = build_pretrain_dataset(config.data, (256, 256))
+    assert len(dataset) == 229 + 317  # OpenIST train + COVID frontal train images with a lung mask
+    assert all(dataset[i].lung_mask is not None for i in (0, 228, 229, len(dataset) - 1))
+    result = run_pretraining(config)
+    assert result.step == 2 and result.metrics["mask_ratio_inside"] > result.metrics["mask_ratio_outside"]
