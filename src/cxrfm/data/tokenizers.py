@@ -1,0 +1,253 @@
+"""Word-level report tokenisers: R2Gen's English rules and a Chinese character / jieba-word variant.
+
+English normalisation (R2Gen ``Tokenizer.clean_report_iu_xray``, reproduced rule by rule):
+
+1. ``..`` -> ``.`` (three times, so runs of up to 8 dots collapse); the list numbering ``1. `` is
+   deleted and ``. 2. ``, ``. 3. ``, ``. 4. ``, ``. 5. `` and `` 2. `` ... `` 5. `` become ``. ``.
+2. Strip, lowercase, split into sentences on ``". "``.
+3. In each sentence delete ``" / \\ '``, then every character of R2Gen's class
+   ``[.,?;*!%^&_+():-\\[\\]{}]`` -- note ``:-\\[`` in that class is a *range* from ``:`` to ``[``, so
+   ``;<=>?@`` and upper-case letters go too, while ``-``, ``#``, ``$`` and digits stay.
+4. Join the sentences with ``" . "`` and end with ``" ."``; words are the whitespace-split tokens,
+   so ``"."`` is a word (the sentence separator).
+
+One deliberate difference: R2Gen's filter ``if sent_cleaner(sent) != []`` compares a string with a
+list and never drops anything, so an empty sentence (``"Normal.. "``) leaves a doubled ``". ."``;
+here empty sentences are dropped.
+
+Chinese normalisation: NFKC (full-width Latin letters, digits and punctuation become ASCII),
+lowercase, split into sentences on ``。！？；!?;`` and line breaks, replace punctuation and symbols
+(Unicode categories P* and S*) inside each sentence by spaces, then cut each sentence into characters
+(``chinese_unit="char"``: every CJK character is a token, a run of Latin letters/digits is one
+token) or jieba words (``"word"``; jieba's bundled dictionary, HMM on), and join sentences with
+``" 。 "``. Text is always returned space-separated, which is what the n-gram metrics expect.
+
+Vocabulary (built from *training* reports only): ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3,
+then every word seen at least ``min_frequency`` times (R2Gen: 3 for IU-Xray, 10 for MIMIC-CXR),
+sorted. Any other word encodes to ``<unk>``. An encoded report is ``<bos> w1 ... wn <eos>`` cut to
+``max_length`` (60) tokens; as in R2Gen, a cut report has no ``<eos>``, so the model is never
+taught to stop mid-sentence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from cxrfm.config import from_dict, to_dict
+from cxrfm.errors import CheckpointError, ConfigError, DatasetError
+
+logger = logging.getLogger(__name__)
+
+TOKENIZER_NAME = "tokenizer.json"
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
+
+# R2Gen's sentence cleaner, verbatim (see the module docstring for what the ":-\[" range removes).
+_R2GEN_PUNCTUATION = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
+_CHINESE_SENTENCE_END = re.compile(r"[。！？；!?;\n\r]+")
+_LATIN_RUN_OR_CHAR = re.compile(r"[a-z0-9]+|\S")
+
+
+@dataclass
+class TokenizerConfig:
+    """How reports become words. ``max_length`` counts ``<bos>`` and ``<eos>``."""
+
+    language: Literal["en", "zh"] = "en"
+    chinese_unit: Literal["char", "word"] = "char"
+    min_frequency: int = 3
+    max_length: int = 60
+
+    def __post_init__(self) -> None:
+        if self.min_frequency < 1:
+            raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
+        if self.max_length < 2:
+            raise ValueError(f"max_length must leave room for <bos> and one token, got {self.max_length}")
+
+
+def clean_report_english(report: str) -> str:
+    """R2Gen's IU-Xray normalisation: ``"Heart size normal. No effusion."`` -> ``"heart size normal . no effusion ."``."""
+    text = report.replace("..", ".").replace("..", ".").replace("..", ".").replace("1. ", "")
+    for number in "2345":
+        text = text.replace(f". {number}. ", ". ")
+    for number in "2345":
+        text = text.replace(f" {number}. ", ". ")
+    sentences = []
+    for sentence in text.strip().lower().split(". "):
+        for character in ('"', "/", "\\", "'"):
+            sentence = sentence.replace(character, "")
+        sentence = _R2GEN_PUNCTUATION.sub("", sentence.strip().lower())
+        sentence = " ".join(sentence.split())
+        if sentence:
+            sentences.append(sentence)
+    return " . ".join(sentences) + " ." if sentences else ""
+
+
+def clean_report_chinese(report: str, unit: Literal["char", "word"] = "char") -> str:
+    """Chinese normalisation (module docstring): ``"两肺纹理清晰。心影不大。"`` -> ``"两 肺 纹 理 清 晰 。 心 影 不 大 。"``."""
+    text = unicodedata.normalize("NFKC", report).lower()
+    sentences = []
+    for sentence in _CHINESE_SENTENCE_END.split(text):
+        # Punctuation and symbols go; letters, digits, CJK characters and spaces stay.
+        kept = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in sentence)
+        words = _segment_chinese(kept, unit)
+        if words:
+            sentences.append(" ".join(words))
+    return " 。 ".join(sentences) + " 。" if sentences else ""
+
+
+def _segment_chinese(sentence: str, unit: str) -> list[str]:
+    if unit == "char":
+        return _LATIN_RUN_OR_CHAR.findall(sentence)
+    return [word for word in _jieba().lcut(sentence, HMM=True) if word.strip()]
+
+
+def _jieba():
+    try:
+        import jieba
+    except ImportError as exc:  # an optional dependency (extra "report")
+        raise ConfigError("tokenizer.chinese_unit", "'word' needs jieba (pip install jieba)") from exc
+    # jieba announces its dictionary build on stderr at INFO; keep library output quiet.
+    jieba.setLogLevel(logging.WARNING)
+    return jieba
+
+
+class ReportTokenizer:
+    """Word-level tokeniser with a fixed vocabulary (see the module docstring for the rules).
+
+    ``encode(report) -> list[int]``, ``decode(ids) -> str``, ``batch_encode(reports) -> (B, L)``
+    padded ids; ``save_pretrained(dir)`` writes ``tokenizer.json``.
+    """
+
+    def __init__(self, vocabulary: Sequence[str], config: TokenizerConfig | None = None):
+        self.config = config or TokenizerConfig()
+        if tuple(vocabulary[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"vocabulary must start with {SPECIAL_TOKENS}, got {tuple(vocabulary[:4])}")
+        if len(set(vocabulary)) != len(vocabulary):
+            raise ValueError("vocabulary has duplicate tokens")
+        self.vocabulary: tuple[str, ...] = tuple(vocabulary)
+        self.token_to_id = {token: index for index, token in enumerate(self.vocabulary)}
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = range(len(SPECIAL_TOKENS))
+
+    # ----- building -----
+    @classmethod
+    def build(cls, reports: Iterable[str], config: TokenizerConfig | None = None) -> "ReportTokenizer":
+        """Vocabulary = words seen ``>= config.min_frequency`` times in ``reports`` (training split only)."""
+        config = config or TokenizerConfig()
+        counts: Counter[str] = Counter()
+        for report in reports:
+            counts.update(clean_report(report, config).split())
+        words = sorted(word for word, count in counts.items() if count >= config.min_frequency)
+        words = [word for word in words if word not in SPECIAL_TOKENS]
+        logger.info("vocabulary: %d of %d distinct words kept (min_frequency %d)", len(words), len(counts), config.min_frequency)
+        return cls([*SPECIAL_TOKENS, *words], config)
+
+    # ----- text <-> ids -----
+    def __len__(self) -> int:
+        return len(self.vocabulary)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocabulary)
+
+    def clean(self, report: str) -> str:
+        """The normalised, space-separated text (before vocabulary mapping)."""
+        return clean_report(report, self.config)
+
+    def words(self, report: str) -> list[str]:
+        return self.clean(report).split()
+
+    def encode(self, report: str, max_length: int | None = None) -> list[int]:
+        """``<bos> w1 ... wn <eos>`` as ids, cut to ``max_length`` (default ``config.max_length``)."""
+        max_length = self.config.max_length if max_length is None else max_length
+        ids = [self.bos_id, *(self.token_to_id.get(w, self.unk_id) for w in self.words(report)), self.eos_id]
+        return ids[:max_length]
+
+    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special: bool = True) -> str:
+        """Ids -> space-separated words, stopping at the first ``<eos>`` (``<bos>``/``<pad>`` skipped).
+
+        ``<unk>`` is kept as the literal word ``<unk>``; ``skip_special=False`` keeps every token.
+        """
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        words = []
+        for index in ids:
+            index = int(index)
+            if skip_special and index == self.eos_id:
+                break
+            if skip_special and index in (self.pad_id, self.bos_id):
+                continue
+            if not 0 <= index < len(self.vocabulary):
+                raise ValueError(f"token id {index} is outside the vocabulary (size {len(self.vocabulary)})")
+            words.append(self.vocabulary[index])
+        return " ".join(words)
+
+    def batch_encode(self, reports: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+        """``(B, L)`` int64 ids, right-padded with ``<pad>`` to the longest report in the batch."""
+        encoded = [self.encode(report, max_length) for report in reports]
+        longest = max((len(ids) for ids in encoded), default=0)
+        batch = torch.full((len(encoded), longest), self.pad_id, dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return batch
+
+    def reference_text(self, report: str, max_length: int | None = None) -> str:
+        """The reference as R2Gen scores it: normalised, cut to ``max_length``, rare words -> ``<unk>``."""
+        return self.decode(self.encode(report, max_length))
+
+    # ----- persistence -----
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``tokenizer.json`` (config + vocabulary, ids = list positions)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        record = {"tokenizer_type": "report-word", "config": to_dict(self.config), "vocabulary": list(self.vocabulary)}
+        path = directory / TOKENIZER_NAME
+        path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "ReportTokenizer":
+        """Load ``tokenizer.json`` from a folder (or the file itself)."""
+        path = Path(directory)
+        path = path / TOKENIZER_NAME if path.is_dir() else path
+        if not path.is_file():
+            raise CheckpointError(path, f"no {TOKENIZER_NAME}")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            config = from_dict(TokenizerConfig, record["config"], source=path)
+            return cls(record["vocabulary"], config)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, ConfigError) as exc:
+            raise CheckpointError(path, f"malformed tokenizer file: {exc}") from None
+
+
+def clean_report(report: str, config: TokenizerConfig) -> str:
+    """Normalise ``report`` by the rules of ``config.language`` (module docstring)."""
+    if config.language == "en":
+        return clean_report_english(report)
+    return clean_report_chinese(report, config.chinese_unit)
+
+
+def read_r2gen_reports(annotation_path: str | Path, split: str = "train") -> list[str]:
+    """The ``report`` strings of one split of an R2Gen ``annotation.json`` (e.g. IU-Xray's 2,069 train)."""
+    path = Path(annotation_path)
+    try:
+        annotation = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(path, "annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(annotation, dict) or split not in annotation:
+        raise DatasetError(path, f"no split {split!r} (has {sorted(annotation) if isinstance(annotation, dict) else '?'})")
+    try:
+        return [str(entry["report"]) for entry in annotation[split]]
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(path, f"split {split!r} entry without a 'report': {exc}") from None
