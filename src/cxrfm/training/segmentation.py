@@ -68,7 +68,10 @@ class AugmentConfig:
 
 @dataclass
 class SegmenterOptimConfig:
-    epochs: int = 4
+    """Optimisation. The defaults are the embedded phantom preset: 8 epochs of 48 phantoms at
+    64x64 (val Dice about 0.93 on phantoms; a few seconds on an idle 2-core CPU)."""
+
+    epochs: int = 8
     batch_size: int = 8
     lr: float = 3e-3
     weight_decay: float = 1e-4
