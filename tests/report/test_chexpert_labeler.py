@@ -75,7 +75,8 @@ def test_observation_names_match_the_shared_vocabulary():
 def test_sentences_mentions_and_array_output():
     assert split_sentences("Heart 1.5 cm. No effusion; clear!\nok") == ["heart 1.5 cm", "no effusion", "clear", "ok"]
     mentions = extract_mentions("No pleural effusion. Mild cardiomegaly.")
-    assert {(m.observation, m.sentence, m.label) for m in mentions} >= {("Pleural Effusion", 0, 0.0), ("Cardiomegaly", 1, 1.0)}
+    found = {(m.observation, m.sentence, m.label) for m in mentions}
+    assert found >= {("Pleural Effusion", 0, 0.0), ("Cardiomegaly", 1, 1.0)}
     array = label_reports(["Mild cardiomegaly.", "No pleural effusion."])
     assert array.shape == (2, 14)
     assert array[0, CHEXPERT_OBSERVATIONS.index("Cardiomegaly")] == 1.0

@@ -75,7 +75,8 @@ def test_matches_direct_pycocoevalcap_calls():
 
     gts = {i: [r] for i, r in enumerate(REFERENCES)}
     res = {i: [p] for i, p in enumerate(PREDICTIONS)}
-    ours = compute_nlg_metrics(PREDICTIONS, REFERENCES, metrics=["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"])
+    metrics = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "ROUGE-L", "CIDEr"]
+    ours = compute_nlg_metrics(PREDICTIONS, REFERENCES, metrics=metrics)
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     assert [ours[f"BLEU-{n}"] for n in range(1, 5)] == pytest.approx(bleu)
     assert ours["ROUGE-L"] == pytest.approx(Rouge().compute_score(gts, res)[0])

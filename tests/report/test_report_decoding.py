@@ -86,7 +86,8 @@ def test_beam_width_one_equals_greedy(model, features):
         encoder_states, mask = model.encode(features=features)
         common = dict(max_length=25, special=SPECIAL, no_repeat_ngram_size=ngram)
         greedy = greedy_search(model.decode_step, model.start_decoding(encoder_states, mask, True, 25), 4, **common)
-        beam = beam_search(model.decode_step, model.start_decoding(encoder_states, mask, True, 25), 4, beam_size=1, **common)
+        state = model.start_decoding(encoder_states, mask, True, 25)
+        beam = beam_search(model.decode_step, state, 4, beam_size=1, **common)
         assert torch.equal(greedy.sequences, beam.sequences)
         torch.testing.assert_close(greedy.scores, beam.scores)
 

@@ -75,7 +75,10 @@ class TokenizerConfig:
 
 
 def clean_report_english(report: str) -> str:
-    """R2Gen's IU-Xray normalisation: ``"Heart size normal. No effusion."`` -> ``"heart size normal . no effusion ."``."""
+    """R2Gen's IU-Xray normalisation.
+
+    ``"Heart size normal. No effusion."`` -> ``"heart size normal . no effusion ."``.
+    """
     text = report.replace("..", ".").replace("..", ".").replace("..", ".").replace("1. ", "")
     for number in "2345":
         text = text.replace(f". {number}. ", ". ")
@@ -93,7 +96,10 @@ def clean_report_english(report: str) -> str:
 
 
 def clean_report_chinese(report: str, unit: Literal["char", "word"] = "char") -> str:
-    """Chinese normalisation (module docstring): ``"两肺纹理清晰。心影不大。"`` -> ``"两 肺 纹 理 清 晰 。 心 影 不 大 。"``."""
+    """Chinese normalisation (module docstring).
+
+    ``"两肺纹理清晰。心影不大。"`` -> ``"两 肺 纹 理 清 晰 。 心 影 不 大 。"`` (``unit="char"``).
+    """
     text = unicodedata.normalize("NFKC", report).lower()
     sentences = []
     for sentence in _CHINESE_SENTENCE_END.split(text):
@@ -148,7 +154,9 @@ class ReportTokenizer:
             counts.update(clean_report(report, config).split())
         words = sorted(word for word, count in counts.items() if count >= config.min_frequency)
         words = [word for word in words if word not in SPECIAL_TOKENS]
-        logger.info("vocabulary: %d of %d distinct words kept (min_frequency %d)", len(words), len(counts), config.min_frequency)
+        logger.info(
+            "vocabulary: %d of %d distinct words kept (min_frequency %d)", len(words), len(counts), config.min_frequency
+        )
         return cls([*SPECIAL_TOKENS, *words], config)
 
     # ----- text <-> ids -----
@@ -246,7 +254,8 @@ def read_r2gen_reports(annotation_path: str | Path, split: str = "train") -> lis
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DatasetError(path, f"not valid JSON: {exc}") from None
     if not isinstance(annotation, dict) or split not in annotation:
-        raise DatasetError(path, f"no split {split!r} (has {sorted(annotation) if isinstance(annotation, dict) else '?'})")
+        known = sorted(annotation) if isinstance(annotation, dict) else "?"
+        raise DatasetError(path, f"no split {split!r} (has {known})")
     try:
         return [str(entry["report"]) for entry in annotation[split]]
     except (KeyError, TypeError) as exc:

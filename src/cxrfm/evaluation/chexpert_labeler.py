@@ -205,7 +205,8 @@ _NEGATION_BEFORE = re.compile(
     r"|never|none|nor|neither|rather than|no evidence of|no signs? of|no xxxx of|no findings? of)\b"
 )
 _NEGATION_AFTER = re.compile(
-    r"^\W*(?:\w+ ){0,3}?(?:(?:is|are|was|were|has|have|has been|have been)\s+)?(?:not\b|no longer\b|resolved\b|absent\b|"
+    r"^\W*(?:\w+ ){0,3}?(?:(?:is|are|was|were|has|have|has been|have been)\s+)?"
+    r"(?:not\b|no longer\b|resolved\b|absent\b|"
     r"removed\b|cleared\b|(?:is|are|was|were) absent)"
 )
 _UNCERTAIN_BEFORE = re.compile(
@@ -221,7 +222,8 @@ _UNCERTAIN_AFTER = re.compile(
 )
 # Where a cue's scope ends.
 _CLAUSE_END = re.compile(
-    r"\b(?:but|however|although|though|whereas|while|which|except|aside from|apart from|otherwise|(?<!compatible )(?<!consistent )with|"
+    r"\b(?:but|however|although|though|whereas|while|which|except|aside from|apart from|otherwise|"
+    r"(?<!compatible )(?<!consistent )with|"
     r"there (?:is|are|has|have)|and (?:the|there)|also|in addition|"
     r"consistent with|likely|possibly|may|could|suggest\w*)\b"
 )
@@ -374,14 +376,17 @@ def aggregate_mentions(mentions: Sequence[Mention]) -> dict[str, float]:
     found: dict[str, list[float]] = {}
     for mention in mentions:
         found.setdefault(mention.observation, []).append(mention.label)
-        if mention.observation == "Edema" and mention.label != NEGATIVE and re.fullmatch(r"heart failure|chf", mention.text):
+        failure = re.fullmatch(r"heart failure|chf", mention.text)
+        if mention.observation == "Edema" and mention.label != NEGATIVE and failure:
             found.setdefault("Cardiomegaly", []).append(UNCERTAIN)
     labels = {name: BLANK for name in CHEXPERT_OBSERVATIONS}
     for name, values in found.items():
         if name in labels:
             labels[name] = POSITIVE if POSITIVE in values else UNCERTAIN if UNCERTAIN in values else NEGATIVE
     findings = [
-        value for name, value in labels.items() if name not in ("No Finding", "Support Devices") and not math.isnan(value)
+        value
+        for name, value in labels.items()
+        if name not in ("No Finding", "Support Devices") and not math.isnan(value)
     ]
     others = found.get(_OTHER, [])
     if not any(v in (POSITIVE, UNCERTAIN) for v in findings + others):

@@ -66,7 +66,8 @@ def clinical_efficacy(
     tp, fp, fn = (m.sum(axis=0) for m in (true_positive, false_positive, false_negative))
     label_precision, label_recall = _safe_divide(tp, tp + fp), _safe_divide(tp, tp + fn)
     label_f1 = _f1(label_precision, label_recall)
-    micro_precision, micro_recall = _safe_divide(tp.sum(), tp.sum() + fp.sum()), _safe_divide(tp.sum(), tp.sum() + fn.sum())
+    micro_precision = _safe_divide(tp.sum(), tp.sum() + fp.sum())
+    micro_recall = _safe_divide(tp.sum(), tp.sum() + fn.sum())
 
     tp_e, fp_e, fn_e = (m.sum(axis=1) for m in (true_positive, false_positive, false_negative))
     return {

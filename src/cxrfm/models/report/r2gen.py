@@ -476,7 +476,12 @@ class ReportGenerator(nn.Module):
 
     @classmethod
     def from_encoder(
-        cls, encoder_directory: str | Path, tokenizer: ReportTokenizer, image_size=None, preset: str = "r2gen", **overrides
+        cls,
+        encoder_directory: str | Path,
+        tokenizer: ReportTokenizer,
+        image_size=None,
+        preset: str = "r2gen",
+        **overrides,
     ) -> "ReportGenerator":
         """A new generator around a pretrained ViT (an encoder or MAE folder), optionally resized."""
         vit_overrides = {} if image_size is None else {"image_size": image_size}
