@@ -20,6 +20,7 @@ VERB_MODULES = (
     "cxrfm.cli.demo",
     "cxrfm.cli.phantom",
     "cxrfm.cli.segment",
+    "cxrfm.cli.pretrain",
     "cxrfm.cli.shards",
 )
 
