@@ -8,14 +8,9 @@ import time
 import pytest
 import torch
 
-from cxrfm.models.masking import (
-    ContextAwareMasker,
-    MaskingResult,
-    RandomMasker,
-    patch_inside_fraction,
-    random_masking,
-    reference_chest_rectangle,
-)
+from cxrfm.anatomy.regions import patch_inside_fraction, reference_rectangle_mask
+from cxrfm.models import masking
+from cxrfm.models.masking import ContextAwareMasker, MaskingResult, RandomMasker, random_masking
 
 
 def _kept(result: MaskingResult) -> torch.Tensor:
@@ -40,7 +35,7 @@ def _check_consistent(result: MaskingResult) -> None:
 
 
 def test_reference_rectangle_gives_reference_counts():
-    rect = reference_chest_rectangle((20, 20))
+    rect = reference_rectangle_mask((20, 20)).flatten()
     grid = rect.view(20, 20)
     assert rect.sum() == 130
     # Rows 6-15, columns 3-15 inclusive, as in random_masking_yiliao.
@@ -166,7 +161,7 @@ def test_noise_orders_kept_tokens():
 def test_random_masker_counts_and_reported_ratios():
     masker = RandomMasker(0.9)
     assert masker.num_keep(400) == 40 and masker.num_keep(10) == 1  # 10 · 0.1 is 0.999... in floats
-    fraction = reference_chest_rectangle((20, 20)).expand(8, -1)
+    fraction = reference_rectangle_mask((20, 20)).flatten().expand(8, -1)
     result = masker(8, 400, inside_fraction=fraction, generator=torch.Generator().manual_seed(0))
     _check_consistent(result)
     kept = _kept(result)
@@ -212,3 +207,17 @@ def test_patch_inside_fraction_pools_lung_masks():
     assert torch.isnan(fraction[1]).all()
     with pytest.raises(ValueError, match="not divisible"):
         patch_inside_fraction(masks, (5, 4))
+
+
+def test_models_use_the_anatomy_definitions_of_patch_fractions_and_the_rectangle():
+    # One definition: the models' names are the anatomy functions (or a flattening of them).
+    assert masking.patch_inside_fraction is patch_inside_fraction
+    assert masking.REFERENCE_INSIDE_FRACTION == 130 / 400
+    for grid in ((20, 20), (16, 16), (40, 20), (7, 9)):
+        assert torch.equal(masking.reference_chest_rectangle(grid), reference_rectangle_mask(grid).flatten())
+    # Non-20x20 grids scale in twentieths: rows [6/20, 16/20), columns [3/20, 16/20) of a 16x16 grid
+    # round to rows 5..12 and columns 2..12 inclusive.
+    grid = masking.reference_chest_rectangle((16, 16)).view(16, 16)
+    rows, columns = torch.nonzero(grid, as_tuple=True)
+    assert (rows.min().item(), rows.max().item(), columns.min().item(), columns.max().item()) == (5, 12, 2, 12)
+    assert int(grid.sum()) == 8 * 11

@@ -16,7 +16,14 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+
+# The per-patch region helpers live with the anatomy (the lower layer); re-exported here because
+# they are what a masker's ``inside_fraction`` is computed with.
+from cxrfm.anatomy.regions import patch_inside_fraction, reference_rectangle_mask
+
+# Share of the reference rectangle in its 20x20 grid (130 / 400, exactly): the context-aware
+# masker's default nominal inside fraction, which fixes how many tokens it keeps.
+REFERENCE_INSIDE_FRACTION = int(reference_rectangle_mask((20, 20)).sum()) / 400
 
 # Slack for float products such as 10 · (1 − 0.9) = 0.9999999999999998, which must floor to 1.
 _FLOAT_SLACK = 1e-9
@@ -127,7 +134,7 @@ class ContextAwareMasker:
         ratio_inside: float = 0.95,
         ratio_outside: float = 0.85,
         inside_threshold: float = 0.5,
-        nominal_inside_fraction: float = 130 / 400,
+        nominal_inside_fraction: float = REFERENCE_INSIDE_FRACTION,
     ):
         _check_ratio("ratio_inside", ratio_inside)
         _check_ratio("ratio_outside", ratio_outside)
@@ -204,38 +211,13 @@ def random_masking(
     return RandomMasker(mask_ratio)(batch_size, num_patches, noise=noise, generator=generator, device=device)
 
 
-def patch_inside_fraction(lung_masks: torch.Tensor, patch_size: tuple[int, int]) -> torch.Tensor:
-    """Fraction of each patch covered by the lung mask.
+def reference_chest_rectangle(grid_size: tuple[int, int] = (20, 20)) -> torch.Tensor:
+    """The reference code's fixed rectangle as one row of ``inside_fraction``: ``(N,)`` in {0, 1}.
 
-    Args:
-        lung_masks: ``(B, 1, H, W)`` in ``{0, 1}`` (NaN-filled for samples without a mask; those
-            rows stay NaN and the maskers then treat every patch as outside).
-        patch_size: ``(ph, pw)`` dividing ``(H, W)``.
-
-    Returns:
-        ``(B, N)`` float in ``[0, 1]``, row-major over the patch grid like the tokens.
+    A flattened :func:`cxrfm.anatomy.regions.reference_rectangle_mask` (the one definition: rows
+    6-15, columns 3-15 of the 20x20 grid = 130 patches, scaled in twentieths on other grids).
     """
-    height, width = lung_masks.shape[-2:]
-    if height % patch_size[0] or width % patch_size[1]:
-        raise ValueError(f"lung mask size {(height, width)} is not divisible by patch_size {tuple(patch_size)}")
-    pooled = F.avg_pool2d(lung_masks.float(), kernel_size=tuple(patch_size), stride=tuple(patch_size))
-    return pooled.flatten(1)
-
-
-def reference_chest_rectangle(grid_size: tuple[int, int]) -> torch.Tensor:
-    """The HD X-ray MAE reference's fixed "chest contour": a rectangle on the patch grid.
-
-    Rows ``⌊gh/4⌋+1 .. ⌊3gh/4⌋`` and columns ``⌊gw/8⌋+1 .. ⌊3gw/4⌋`` (inclusive); on the 20×20
-    grid that is rows 6–15, columns 3–15 = 130 patches. Kept as an option that reproduces the
-    reference; real runs use each image's lung segmentation.
-
-    Returns:
-        ``(N,)`` float in ``{0, 1}`` usable as one row of ``inside_fraction``.
-    """
-    grid_h, grid_w = grid_size
-    region = torch.zeros(grid_h, grid_w)
-    region[int(grid_h * 0.25) + 1 : int(grid_h * 0.75) + 1, int(grid_w * 0.125) + 1 : int(grid_w * 0.75) + 1] = 1.0
-    return region.flatten()
+    return reference_rectangle_mask(grid_size).flatten()
 
 
 def _select(
