@@ -54,10 +54,12 @@ def _scale_twentieths(twentieths: int, size: int) -> int:
 
 
 def patch_inside_fraction(mask: torch.Tensor | np.ndarray, patch_size: int | tuple[int, int]) -> torch.Tensor:
-    """Fraction of each patch's pixels inside the region.
+    """Fraction of each patch's pixels inside the region (the maskers' ``inside_fraction``).
 
     Args:
         mask: ``(B, 1, H, W)`` or ``(H, W)`` with values in [0, 1] (soft masks give soft fractions).
+            NaN-filled masks (samples without one, as :func:`collate_samples` makes them) give NaN
+            rows, which the maskers count as all outside.
         patch_size: ``p`` or ``(ph, pw)``; ``H`` and ``W`` must be divisible by it.
     Returns:
         ``(B, N)`` float32 with ``N = (H / ph) * (W / pw)``, row-major over the patch grid (the
