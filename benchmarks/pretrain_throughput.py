@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from cxrfm.config import from_dict
-from cxrfm.data.sample import CXRSample, collate_samples
+from cxrfm.data.sample import collate_samples
 from cxrfm.models import mae_flops_per_image
 from cxrfm.training.loop import StepContext, Trainer
 from cxrfm.training.pretrain import MAEPretrainTask, PretrainConfig, build_model, build_model_config
@@ -66,28 +66,14 @@ class Rates:
         return images_per_s * self.gflops_per_image * 1e9 / (self.peak_tflops * 1e12)
 
 
-class _Phantoms(Dataset):
-    """Phantom samples with their lung masks (``cxrfm.data.phantom``), drawn on demand."""
-
-    def __init__(self, count: int, size: tuple[int, int], seed: int = 0):
-        self.count, self.size, self.seed = count, size, seed
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __getitem__(self, index: int) -> CXRSample:
-        from cxrfm.data.phantom import generate_phantom
-
-        return generate_phantom(self.seed + index, self.size).to_sample()
-
-
 def write_phantom_shards(out_dir: Path, count: int, size: tuple[int, int], encoding: str, workers: int) -> Path:
     """``count`` phantoms at ``size`` as shards in ``out_dir`` (reused when already complete)."""
+    from cxrfm.data.phantom import PhantomDataset
     from cxrfm.data.shards import write_shards
 
     started = time.perf_counter()
     index = write_shards(
-        _Phantoms(count, size),
+        PhantomDataset(count, size, seed=0),
         out_dir,
         image_size=size,
         encoding=encoding,
