@@ -1,10 +1,11 @@
 """The one training loop of the toolkit.
 
-A *task* says what one step computes (MAE reconstruction now; segmentation, report generation and
-classification later); the :class:`Trainer` does everything else the same way for all of them:
-AdamW with per-iteration warm-up + cosine, gradient accumulation, clipping, mixed precision, EMA,
-DDP under ``torchrun``, a NaN guard, crash-safe checkpoints with exact resume, TensorBoard + JSONL
-metrics and a progress bar on rank 0.
+A *task* says what one step computes (MAE reconstruction, report generation, ...); the
+:class:`Trainer` does everything else the same way for all of them: AdamW (or Adam) with
+per-iteration warm-up + cosine, per-group learning rates, gradient accumulation, clipping, mixed
+precision, EMA, DDP under ``torchrun``, a NaN guard, crash-safe checkpoints with exact resume,
+keeping the best weights by a validation metric, TensorBoard + JSONL metrics and a progress bar on
+rank 0.
 
 Batch sizes: ``TrainConfig.batch_size`` is the *global* batch of one optimiser step, i.e. the
 number of samples whose gradients make one update. Each rank's micro-batch is
@@ -26,7 +27,9 @@ import contextlib
 import json
 import logging
 import math
+import os
 import re
+import shutil
 import time
 import warnings
 import zlib
@@ -50,6 +53,9 @@ from cxrfm.training.sampler import ResumableDistributedSampler
 
 log = logging.getLogger(__name__)
 
+BEST_DIR = "best"  # <output_dir>/best: weights of the best validation so far (TrainConfig.select_metric)
+BEST_FILE = "best.json"
+
 
 @dataclass
 class TrainConfig:
@@ -63,6 +69,10 @@ class TrainConfig:
         lr: peak learning rate; None -> ``base_lr * batch_size / 256``.
         base_lr: learning rate per 256 samples (used when ``lr`` is None).
         weight_decay, betas: AdamW (no decay on biases, norms, position embeddings, tokens).
+        optimizer: ``adamw`` (decoupled weight decay) or ``adam`` (L2 penalty added to the
+            gradient, as R2Gen trains); amsgrad: the AMSGrad variant of either.
+            A parameter group returned by the task with its own ``"lr"`` keeps that peak learning
+            rate (e.g. encoder 5e-5, decoder 1e-4); the schedule scales every group alike.
         weight_decay_end: when set, the decay of the decayed groups follows a half cosine from
             ``weight_decay`` to this value (the HD-MAE code's 0.04 -> 0.4); None keeps it constant.
         warmup_steps: linear warm-up steps; then half-cycle cosine down to ``min_lr``.
@@ -73,6 +83,10 @@ class TrainConfig:
         save_checkpoints: False saves nothing at all (benchmarks, smoke runs).
         log_every, figure_every, validate_every: cadence in steps (0 disables figures/validation
             except at the end).
+        select_metric: a key of the task's ``validate`` results (e.g. ``"BLEU-4"``, ``"loss"``):
+            after each validation whose value beats the best so far (``select_mode`` ``max`` or
+            ``min``), the weights are saved to ``<output_dir>/best/`` with ``best.json``
+            (step, metric, value). Model selection on validation data only; None keeps nothing.
         figure_samples: samples in the fixed figure batch.
         seed: base seed of data order, per-sample randomness and global RNGs.
         num_workers: DataLoader worker processes per rank.
@@ -93,6 +107,8 @@ class TrainConfig:
     weight_decay: float = 0.05
     weight_decay_end: float | None = None
     betas: tuple[float, float] = (0.9, 0.95)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    amsgrad: bool = False
     warmup_steps: int = 0
     min_lr: float = 0.0
     clip_grad: float | None = None
@@ -104,6 +120,8 @@ class TrainConfig:
     log_every: int = 10
     figure_every: int = 0
     validate_every: int = 0
+    select_metric: str | None = None
+    select_mode: Literal["max", "min"] = "max"
     figure_samples: int = 4
     seed: int = 0
     num_workers: int = 0
@@ -154,7 +172,8 @@ class TrainingTask(Protocol):
     """What a task provides. Optional hooks, looked up with ``getattr``:
 
     * ``on_figure(model, batch, step, out_dir) -> None`` (rank 0, no grad, fixed batch);
-    * ``validate(model, step) -> dict[str, float]`` (rank 0);
+    * ``validate(model, step) -> dict[str, float]`` (rank 0; ``TrainConfig.select_metric`` picks
+      one of its keys to keep the best weights by);
     * ``on_train_end(model, ema_model, output_dir) -> None`` (rank 0, e.g. export an encoder).
     """
 
@@ -199,6 +218,7 @@ class TrainResult:
     last_checkpoint: Path | None
     output_dir: Path
     history: list[dict[str, float]] = field(default_factory=list)
+    best: dict[str, Any] | None = None  # {"step", "metric", "value", "path"} with select_metric
 
 
 class _IndexedDataset(Dataset):
@@ -266,6 +286,26 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+def _write_best(folder: Path, model: nn.Module, best: dict[str, Any]) -> None:
+    ckpt.save_model_files(model, folder)
+    (folder / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
+
+
+def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
+    """Write a folder next to ``target`` and swap it in, so a crash never leaves a half-written one."""
+    temporary = target.with_name(f".tmp-{target.name}-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    write(temporary)
+    if target.exists():
+        retired = target.with_name(f".tmp-retired-{target.name}-{os.getpid()}")
+        os.replace(target, retired)
+        os.replace(temporary, target)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(temporary, target)
+
+
 class Trainer:
     """Runs ``task`` on ``model`` over ``dataset`` with ``config``.
 
@@ -304,6 +344,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         self.ema_model: torch.optim.swa_utils.AveragedModel | None = None
         self.history: list[dict[str, float]] = []
+        self.best: dict[str, Any] | None = None
         self.writer = None
         self.dist: distributed.DistributedContext | None = None
 
@@ -386,11 +427,13 @@ class Trainer:
         trainable = sum(1 for p in self.model.parameters() if p.requires_grad)
         if grouped != trainable:
             raise ConfigError("param_groups", f"{grouped} parameters in groups but {trainable} trainable: none may be left out or repeated")
-        return torch.optim.AdamW(
+        optimizer_class = torch.optim.AdamW if self.config.optimizer == "adamw" else torch.optim.Adam
+        return optimizer_class(
             groups,
             lr=self.config.peak_lr(),
             betas=tuple(self.config.betas),
             weight_decay=self.config.weight_decay,
+            amsgrad=self.config.amsgrad,
             fused=self.device.type == "cuda" or None,
         )
 
@@ -534,7 +577,8 @@ class Trainer:
             self._periodic_hooks(figure_batch)
         progress.close()
         self._finish(figure_batch)
-        return TrainResult(self.step, metrics, self.last_checkpoint, self.output_dir, self.history)
+        best = None if self.best is None else {**self.best, "path": self.output_dir / BEST_DIR}
+        return TrainResult(self.step, metrics, self.last_checkpoint, self.output_dir, self.history, best)
 
     def _train_step(self, batches: Iterator[tuple[int, Any]]) -> dict[str, float]:
         """One optimiser step over ``grad_accum_steps`` micro-batches; returns rank-averaged scalars."""
@@ -623,20 +667,23 @@ class Trainer:
 
     def _periodic_hooks(self, figure_batch: Any) -> None:
         config = self.config
-        if config.save_checkpoints and config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
-            self.save_checkpoint()
+        # Figures and validation before the checkpoint of the same step: the checkpoint then holds
+        # the best-so-far they produced and the RNG state after them, so a resumed run continues
+        # exactly as an uninterrupted one.
         if config.figure_every and self.step % config.figure_every == 0 and self.step < config.max_steps:
             self._make_figure(figure_batch)
         if config.validate_every and self.step % config.validate_every == 0 and self.step < config.max_steps:
             self._validate()
+        if config.save_checkpoints and config.checkpoint_every and self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+            self.save_checkpoint()
 
     def _finish(self, figure_batch: Any) -> None:
+        self._make_figure(figure_batch)
+        self._validate()
         if self.config.save_checkpoints and (
             self.last_checkpoint is None or self.last_checkpoint.name != ckpt.checkpoint_name(self.step)
         ):
             self.save_checkpoint()
-        self._make_figure(figure_batch)
-        self._validate()
         on_end = getattr(self.task, "on_train_end", None)
         if on_end is not None and self.dist.is_main:
             ema = None if self.ema_model is None else self.ema_model.module
@@ -668,7 +715,27 @@ class Trainer:
             if self.writer is not None:
                 for name, value in results.items():
                     self.writer.add_scalar(f"val/{name}", float(value), self.step)
+            self._keep_if_best(model, results)
         distributed.barrier()
+
+    def _keep_if_best(self, model: nn.Module, results: dict[str, Any]) -> None:
+        """Save ``model`` to ``<output_dir>/best`` when ``results[select_metric]`` beats the best so far."""
+        name = self.config.select_metric
+        if name is None:
+            return
+        if name not in results:
+            raise ConfigError("train.select_metric", f"{name!r} is not among the validation results {sorted(results)}")
+        value = float(results[name])
+        if not math.isfinite(value):
+            log.warning("validation %s is %s at step %d: not a candidate for the best weights", name, value, self.step)
+            return
+        if self.best is not None:
+            previous = self.best["value"]
+            if value <= previous if self.config.select_mode == "max" else value >= previous:
+                return
+        self.best = {"step": self.step, "metric": name, "value": value}
+        _replace_folder(self.output_dir / BEST_DIR, lambda folder: _write_best(folder, model, self.best))
+        log.info("best %s so far: %.4g at step %d (saved to %s)", name, value, self.step, self.output_dir / BEST_DIR)
 
     # ----------------------------------------------------------------------------- checkpoints
     def save_checkpoint(self) -> Path:
@@ -686,6 +753,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "ema": None if self.ema_model is None else self.ema_model.state_dict(),
                 "rng": rng_states,
+                "best": self.best,
                 "train_config": to_dict(self.config),
             }
             path = ckpt.save_checkpoint(self.checkpoints_dir, self.step, self.model, state, keep=self.config.keep_checkpoints)
@@ -711,6 +779,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         if self.ema_model is not None and state["ema"] is not None:
             self.ema_model.load_state_dict(state["ema"])
+        self.best = state.get("best")  # checkpoints written before best tracking have none
         rng_states = state["rng"]
         if self.dist.rank < len(rng_states):
             restore_rng_state(rng_states[self.dist.rank])
