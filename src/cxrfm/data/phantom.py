@@ -99,13 +99,13 @@ class PhantomConfig:
     detector_blur: float = 0.6
     rotation_deg: float = 3.0
     shift: float = 0.04
-    scale_range: tuple[float, float] = (0.93, 1.04)
+    scale_range: tuple[float, float] = (1.06, 1.16)
     ctr_range: tuple[float, float] = (0.39, 0.47)
     gamma_range: tuple[float, float] = (0.85, 1.15)
     contrast_range: tuple[float, float] = (0.92, 1.08)
     vessel_contrast: float = 1.0
     rib_contrast: float = 1.0
-    edge_enhancement: float = 0.35
+    edge_enhancement: float = 0.6
     breast_probability: float = 0.3
     stomach_bubble_probability: float = 0.7
 
@@ -358,7 +358,7 @@ def _sample_anatomy(rng: np.random.Generator, config: PhantomConfig, ctr: float)
     right_border = -u(0.15, 0.19) - 0.5 * max(0.0, ctr - 0.45) * thorax_width
     center_x = right_border + heart_width - a * half_extent
     center_y = u(0.19, 0.24) + 0.3 * max(0.0, ctr - 0.47)
-    atrium = (right_border + 0.085, center_y - u(0.0, 0.04), 0.085, 0.15)
+    atrium = (right_border + 0.09, center_y - u(0.02, 0.06), 0.09, 0.2)
     bubble = None
     if rng.random() < config.stomach_bubble_probability:
         bubble = (u(0.3, 0.5), u(0.06, 0.12), u(0.05, 0.09))  # x, depth below dome, radius
@@ -383,7 +383,7 @@ def _sample_anatomy(rng: np.random.Generator, config: PhantomConfig, ctr: float)
         gain=u(1.45, 1.6),
         gamma=u(*config.gamma_range),
         contrast=u(*config.contrast_range),
-        lung_air=u(0.76, 0.82),
+        lung_air=u(0.84, 0.9),
     )
 
 
@@ -452,8 +452,11 @@ def _lung_phi(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> n
     dome = _dome_y(side, xs)
     phi = _envelope(side, xs, y)
     phi = np.maximum(phi, (y - dome) * 0.8)
-    phi = np.maximum(phi, _mediastinum_edge(anatomy, side, y) - xs)
-    return np.maximum(phi, -_heart_phi(anatomy, x, y))
+    # Mediastinum and heart: joined smoothly on the right (one convex border from the SVC to the
+    # right atrium), sharply on the left (aortic knob, cardiac waist, left ventricle).
+    mediastinum = xs - _mediastinum_edge(anatomy, side, y)
+    blend = 0.07 if side.sign < 0 else 0.015
+    return np.maximum(phi, -_smooth_min(mediastinum, _heart_phi(anatomy, x, y), blend))
 
 
 def _chest_box(anatomy: _Anatomy) -> tuple[float, float, float, float]:
@@ -487,15 +490,15 @@ def _body_thickness(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarr
     """Soft tissue thickness in [0, ~1.1]: trunk (an elliptic cylinder), neck, shoulders, arms."""
     ax = np.abs(x)
     width = anatomy.body_width * (1 + 0.03 * y)
-    top = anatomy.shoulder_y + 0.16 * (ax / 0.95) ** 2.5
-    trunk = _ramp(1 - (x / width) ** 2) ** 0.7 * _smoothstep(-0.03, 0.06, y - top)
-    neck_width = 0.19 + 0.08 * _smoothstep(anatomy.shoulder_y - 0.25, anatomy.shoulder_y + 0.05, y)
-    neck = 0.65 * np.sqrt(_ramp(1 - (x / neck_width) ** 2))
-    arm_x = anatomy.body_width + 0.12
-    arm = np.sqrt(_ramp(1 - ((ax - arm_x) / 0.19) ** 2)) * _smoothstep(0.0, 0.12, y - anatomy.shoulder_y - 0.1)
-    shoulder = np.sqrt(_ramp(1 - ((ax - 0.97) / 0.3) ** 2 - ((y - anatomy.shoulder_y - 0.26) / 0.24) ** 2))
-    # Arms overlap the trunk edge (no dark seam); the deltoid caps the arm at the shoulder.
-    body = np.maximum(trunk, neck) + np.maximum(0.5 * shoulder, 0.45 * arm)
+    # The trapezius slopes from the neck down to the shoulders.
+    top = anatomy.shoulder_y - 0.1 + 0.2 * _smoothstep(0.12, 0.95, ax)
+    trunk = _ramp(1 - (x / width) ** 2) ** 0.7 * _smoothstep(-0.03, 0.1, y - top)
+    neck = 0.65 * np.sqrt(_ramp(1 - (x / 0.27) ** 2))
+    arm = _ramp(1 - ((ax - anatomy.body_width - 0.1) / 0.26) ** 2)
+    arm *= _smoothstep(0.05, 0.25, y - anatomy.shoulder_y)
+    shoulder = _ramp(1 - ((ax - 0.95) / 0.28) ** 2 - ((y - anatomy.shoulder_y - 0.2) / 0.22) ** 2)
+    # The arm covers the trunk's edge, so there is no seam; the deltoid caps it at the shoulder.
+    body = np.maximum(np.maximum(trunk, neck), np.maximum(0.45 * shoulder, 0.4 * arm))
     # Pectoral muscles and axillary folds make the upper lateral chest denser.
     pectoral = _smoothstep(-0.2, -0.7, y) * _ramp((ax - 0.3) / 0.45) * trunk
     return body + 0.12 * pectoral
@@ -530,11 +533,11 @@ def _ribs(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np.nd
     t = xs / (side.wall_x + 0.05)
     start = min(anatomy.right.apex_y, anatomy.left.apex_y) - 0.2 + anatomy.rib_offset * (side.sign > 0)
     # Upper ribs are more curved than lower ones.
-    curvature = 0.75 - 0.25 * _ramp((y + 0.6) / 1.2)
+    curvature = 0.95 - 0.35 * _ramp((y + 0.6) / 1.2)
     t_pos = np.clip(t, 0, None)
     s_posterior = y - curvature * (-0.45 * t + 0.95 * t_pos * t_pos * np.sqrt(t_pos))
     phase = _rib_phase(s_posterior, start, anatomy.rib_spacing, anatomy.rib_growth)
-    posterior = _rib_bands(phase, 0.3 + 0.14 * _ramp(t), 12, inner=0.72)
+    posterior = _rib_bands(phase, 0.3 + 0.14 * _ramp(t), 12, inner=0.8)
     posterior *= _smoothstep(0.05, 0.15, t) * (1 - _smoothstep(1.0, 1.14, t))
     s_anterior = y + 0.34 * t - 0.12 * t * t
     phase = _rib_phase(s_anterior, start + 0.22, anatomy.rib_spacing * 0.85, anatomy.rib_growth)
@@ -543,7 +546,7 @@ def _ribs(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np.nd
     # The rib cage: just outside the lateral lung edge, from the first rib to the costal margin.
     cage = _ramp((_lateral_wall(side, y) + 0.07 - xs) / 0.04) * _smoothstep(side.apex_y - 0.16, side.apex_y - 0.08, y)
     cage *= 1 - 0.9 * _smoothstep(side.dome_y - 0.05, side.angle_y + 0.15, y)
-    return (0.085 * posterior + 0.045 * anterior) * cage
+    return (0.08 * posterior + 0.06 * anterior) * cage
 
 
 def _spine(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -552,7 +555,7 @@ def _spine(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     u = (x - 0.3 * anatomy.trachea_x) / half_width
     start = min(anatomy.right.apex_y, anatomy.left.apex_y) - 0.2
     phase = _rib_phase(y, start - 0.05, anatomy.rib_spacing, anatomy.rib_growth)
-    v = (phase - np.floor(phase) - 0.55) / 0.4
+    v = (phase - np.floor(phase) - 0.53) / 0.45
     u2, v2 = u * u, v * v
     radius = np.sqrt(np.sqrt(u2 * u2 + v2 * v2))  # a rounded square
     body = _ramp((1 - radius) / 0.15)
@@ -563,16 +566,17 @@ def _spine(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         pedicles += np.exp(-(((r - 0.85) / 0.25) ** 2))
     spinous = np.exp(-((u / 0.14) ** 2 + ((v - 0.45) / 0.3) ** 2))
     column = _ramp(1.3 - np.abs(u) / 1.1)
-    return 0.1 * column + 0.06 * body + 0.04 * rim + 0.06 * pedicles + 0.03 * spinous
+    return 0.1 * column + 0.035 * body + 0.025 * rim + 0.03 * pedicles + 0.02 * spinous
 
 
 def _clavicle(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     xs = side.sign * x
     tau = (xs - 0.09) / 0.68
-    centre = -0.6 - 0.15 * np.clip(tau, 0, 1.1) ** 1.6 + 0.03 * np.sin(np.pi * np.clip(tau, 0, 1))
-    half = 0.045 * (1 - 0.3 * _ramp(tau)) + 0.01 * np.exp(-((tau / 0.08) ** 2))
+    tau_clipped = np.clip(tau, 0, 1.1)
+    centre = -0.64 - 0.1 * tau_clipped * np.sqrt(tau_clipped) + 0.025 * np.sin(np.pi * np.clip(tau, 0, 1))
+    half = 0.05 * (1 - 0.3 * _ramp(tau)) + 0.012 * np.exp(-((tau / 0.08) ** 2))
     ends = _smoothstep(-0.04, 0.02, tau) * (1 - _smoothstep(0.98, 1.05, tau))
-    return 0.22 * _tube((y - centre) / half) * ends
+    return 0.26 * _tube((y - centre) / half, inner=0.78) * ends
 
 
 def _scapula(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -589,10 +593,10 @@ def _scapula(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np
 
 def _humerus(anatomy: _Anatomy, side: _Side, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     xs = side.sign * x
-    cx, cy, radius = anatomy.body_width + 0.04, anatomy.shoulder_y + 0.26, 0.11
+    cx, cy, radius = anatomy.body_width + 0.02, anatomy.shoulder_y + 0.2, 0.13
     r = np.sqrt((xs - cx) ** 2 + (y - cy) ** 2) / radius
     head = np.sqrt(_ramp(1 - r * r)) * 0.7 + np.exp(-(((r - 0.95) / 0.1) ** 2)) * 0.3
-    return 0.1 * head
+    return 0.07 * head
 
 
 def _capsule(x, y, p0, p1, radius):
@@ -618,24 +622,25 @@ def _airways(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 _WORKING_SIDE = 512  # smooth fields are drawn at most this large, then upsampled
+_DETAIL_SIDE = 768  # bones are drawn at most this large (their edges stay sharp at 1280)
 
 
-def _vessel_segments(rng: np.random.Generator, side: _Side) -> np.ndarray:
+def _vessel_segments(rng: np.random.Generator, side: _Side, generations: int = 8) -> np.ndarray:
     """A monopodial branching tree from the hilum: rows ``(x0, y0, x1, y1, r0, r1)``.
 
     Each segment continues as a thick child near its own direction and gives off a thin side
     branch; directions are pulled outward from the hilum so that branches fan out.
     """
     hx, hy = side.sign * side.hilum[0], side.hilum[1]
-    count = 8
-    angle = np.radians(np.linspace(-105, 100, count) + rng.uniform(-8, 8, count))  # 0 = lateral
+    count = 11
+    angle = np.radians(np.linspace(-110, 105, count) + rng.uniform(-6, 6, count))  # 0 = lateral
     x0 = hx + rng.uniform(-0.02, 0.02, count)
     y0 = hy + rng.uniform(-0.04, 0.04, count)
     length = rng.uniform(0.07, 0.1, count)
     # Lower-zone vessels are larger: blood flow follows gravity in an upright patient.
     radius = rng.uniform(0.016, 0.022, count) * (1 + 0.25 * np.sin(angle))
     out = []
-    for _ in range(8):
+    for _ in range(generations):
         x1 = x0 + length * side.sign * np.cos(angle)
         y1 = y0 + length * np.sin(angle)
         out.append(np.stack([x0, y0, x1, y1, radius, radius * 0.85], axis=1))
@@ -668,7 +673,9 @@ def _splat(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, shape: tuple
 def _vessel_density(rng: np.random.Generator, anatomy: _Anatomy, grid: _Grid) -> np.ndarray:
     """Density of the pulmonary vessels on ``grid``."""
     shape = grid.size
-    segments = np.concatenate([_vessel_segments(rng, anatomy.right), _vessel_segments(rng, anatomy.left)])
+    # The last generations are thinner than a pixel on small grids: skip them there.
+    generations = 6 if max(shape) <= 256 else (7 if max(shape) <= 384 else 8)
+    segments = np.concatenate([_vessel_segments(rng, side, generations) for side in (anatomy.right, anatomy.left)])
     pixels_per_unit = 1 / grid.unit
     step = 0.7 / pixels_per_unit  # sample every 0.7 working pixels
     lengths = np.hypot(segments[:, 2] - segments[:, 0], segments[:, 3] - segments[:, 1])
@@ -689,14 +696,15 @@ def _vessel_density(rng: np.random.Generator, anatomy: _Anatomy, grid: _Grid) ->
             continue
         # Exaggerated about 3x over blood-vs-air physics, as console processing does.
         weights = 3.5 * 2 * radius_px[chosen] / pixels_per_unit * math.sqrt(2 * math.pi) * sigma * 0.7
-        out += ndimage.gaussian_filter(_splat(rows[chosen], cols[chosen], weights, shape), sigma)
+        out += ndimage.gaussian_filter(_splat(rows[chosen], cols[chosen], weights, shape), sigma, truncate=3.0)
     return out
 
 
-def _noise_field(rng: np.random.Generator, shape: tuple[int, int], sigma_px: float) -> np.ndarray:
-    """Smooth zero-mean noise of unit standard deviation."""
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_px)
-    return field / (field.std() + 1e-8)
+def _noise_fields(rng: np.random.Generator, shape: tuple[int, int], sigmas_px: Sequence[float]) -> list[np.ndarray]:
+    """Smooth zero-mean noise of unit standard deviation at each scale (one random draw)."""
+    white = rng.standard_normal(shape, dtype=np.float32)
+    fields = [ndimage.gaussian_filter(white, sigma, truncate=3.0) for sigma in sigmas_px]
+    return [field / (field.std() + 1e-8) for field in fields]
 
 
 def _resample(field: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -837,8 +845,8 @@ def _opacity_blob(rng, x, y, centre, severity, lobe, anatomy) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _working_shape(size: tuple[int, int]) -> tuple[int, int]:
-    factor = min(1.0, _WORKING_SIDE / max(size))
+def _working_shape(size: tuple[int, int], side: int = _WORKING_SIDE) -> tuple[int, int]:
+    factor = min(1.0, side / max(size))
     return max(8, round(size[0] * factor)), max(8, round(size[1] * factor))
 
 
@@ -973,9 +981,13 @@ def _effusion(side: _Side, x: np.ndarray, y: np.ndarray, severity: float) -> np.
     return np.maximum(main, 0.8 * layer) * (xs > 0)
 
 
-def _smooth_density(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Soft tissue, abdomen, breasts, gastric bubble and hila: smooth, drawn on the coarse grid."""
-    density = _body_thickness(anatomy, x, y)
+def _smooth_density(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Soft tissue, breasts, gastric bubble and hila (smooth, drawn on the coarse grid).
+
+    Returns the density and the body thickness alone (lungs replace a fraction of it).
+    """
+    body = _body_thickness(anatomy, x, y)
+    density = body.copy()
     if anatomy.stomach_bubble is not None:
         bx, depth, radius = anatomy.stomach_bubble
         by = float(_dome_y(anatomy.left, np.float32(bx))) + depth
@@ -986,7 +998,7 @@ def _smooth_density(anatomy: _Anatomy, x: np.ndarray, y: np.ndarray) -> np.ndarr
     for side in (anatomy.right, anatomy.left):
         hx, hy = side.sign * (side.hilum[0] + 0.02), side.hilum[1] + 0.02
         density += 0.1 * np.exp(-((x - hx) ** 2 + (y - hy) ** 2) / (2 * 0.05**2))
-    return density
+    return density, body
 
 
 def _bone_density(config: PhantomConfig, anatomy: _Anatomy, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -1095,38 +1107,45 @@ class ChestPhantom:
         seed = _check_seed(seed)
         rngs = {name: np.random.default_rng([seed, stream]) for name, stream in _STREAMS.items()}
         plan = resolve_findings(findings, finding_probs, rngs["findings"])
-        anatomy, grid, coarse = self._anatomy(rngs["anatomy"], plan)
+        anatomy, grid, coarse, detail = self._anatomy(rngs["anatomy"], plan)
         # Smooth fields are drawn on the coarse grid and upsampled; edges and bones at full size.
-        smooth = _resample(_smooth_density(anatomy, coarse.x, coarse.y), grid.size)
+        smooth, body = (_resample(field, grid.size) for field in _smooth_density(anatomy, coarse.x, coarse.y))
         depth = _resample(_lung_depth(anatomy, coarse.x, coarse.y), grid.size)
         texture = _resample(self._texture(rngs["texture"], anatomy, coarse), grid.size)
         air, drawing = _draw_lungs(anatomy, grid, plan, depth)
         air *= _draw_findings_density(rngs["findings"], anatomy, grid, plan, drawing)
-        bones, ribs = _bone_density(self.config, anatomy, grid)
+        bones, ribs = (_resample(field, grid.size) for field in _bone_density(self.config, anatomy, detail))
         density = smooth + bones + drawing.density
         # Over dense regions the film curve and console processing flatten the ribs.
         density += ribs * (0.4 + 0.6 * _ramp(air * 2.5))
-        density -= anatomy.lung_air * air
+        # Lungs replace a share of the local tissue thickness (thin at the lateral chest wall).
+        density -= anatomy.lung_air * air * np.minimum(body, 1.0)
         density += texture * drawing.markings
         image = _display(self.config, anatomy, density, rngs["noise"])
         return self._case(seed, anatomy, grid, plan, drawing, image, rngs["report"])
 
-    def _anatomy(self, rng: np.random.Generator, plan: dict[str, dict[str, Any]]) -> tuple[_Anatomy, _Grid, _Grid]:
+    def _anatomy(self, rng: np.random.Generator, plan: dict[str, dict[str, Any]]) -> tuple[_Anatomy, _Grid, _Grid, _Grid]:
+        """Anatomy and three grids in the same pose: full size, coarse (smooth fields), detail (bones)."""
         config = self.config
         ctr = rng.uniform(*config.ctr_range)
-        pose = (rng.uniform(*config.scale_range), math.radians(rng.uniform(-1, 1) * config.rotation_deg),
-                tuple(rng.uniform(-1, 1, 2) * config.shift))
+        scale = rng.uniform(*config.scale_range)
+        shift = rng.uniform(-1, 1, 2) * config.shift
+        # Frame the chest as a PA film does: the image centre falls just above the hila.
+        shift[1] += 0.05 * scale
+        pose = (scale, math.radians(rng.uniform(-1, 1) * config.rotation_deg), tuple(shift))
         if "Cardiomegaly" in plan:
             ctr = 0.53 + 0.09 * plan["Cardiomegaly"]["severity"]
         anatomy = _sample_anatomy(rng, config, ctr)
-        return anatomy, _Grid.build(config.size, *pose), _Grid.build(_working_shape(config.size), *pose)
+        grids = [_Grid.build(size, *pose) for size in (config.size, _working_shape(config.size),
+                                                         _working_shape(config.size, _DETAIL_SIDE))]
+        return anatomy, *grids
 
     def _texture(self, rng: np.random.Generator, anatomy: _Anatomy, coarse: _Grid) -> np.ndarray:
         """Vascular markings and parenchymal texture on the coarse grid (shown where lung is aerated)."""
         pixels_per_unit = 1 / coarse.unit
         field = self.config.vessel_contrast * _vessel_density(rng, anatomy, coarse)
-        field += 0.01 * _noise_field(rng, coarse.size, 0.012 * pixels_per_unit)
-        field += 0.006 * _noise_field(rng, coarse.size, 0.004 * pixels_per_unit)
+        coarse_noise, fine_noise = _noise_fields(rng, coarse.size, (0.012 * pixels_per_unit, 0.004 * pixels_per_unit))
+        field += 0.01 * coarse_noise + 0.01 * fine_noise
         return field
 
     @staticmethod
