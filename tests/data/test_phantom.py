@@ -104,6 +104,8 @@ def test_masks_stay_two_lungs_over_many_seeds_and_findings():
                          {"Pleural Effusion": {"severity": 1.0, "side": "bilateral"}}):
             case = generate_phantom(seed, (80, 96), findings=findings)
             assert ndimage.label(case.lung_mask > 0)[1] == 2, (seed, findings)
+            chest = case.chest_mask > 0  # the whole chest is inside the frame
+            assert not (chest[0].any() or chest[-1].any() or chest[:, 0].any() or chest[:, -1].any())
 
 
 # --- normal case ----------------------------------------------------------------------------

@@ -10,8 +10,17 @@ How it is drawn: every structure is an analytic shape on a grid of *anatomical* 
 (``x`` to the image right = the patient's left, ``y`` downward; one unit is half the short image
 side at scale 1), so a seed gives the same anatomy at any size and the whole image is a few dozen
 vectorised NumPy operations. Structures add up as X-ray attenuation ("density", 1 = the full soft
-tissue thickness of the trunk); lungs subtract it (air). Density becomes brightness with the film
-curve ``1 - exp(-g * density)``, then noise, detector blur, gamma and contrast are applied.
+tissue thickness of the trunk); lungs replace a share of the local tissue with air. Density
+becomes brightness with the film curve ``1 - exp(-g * density)``, then quantum noise, detector
+blur, console-style edge enhancement, gamma and contrast are applied.
+
+Cost: smooth fields (soft tissue, vessels, parenchymal texture) are drawn on a grid of at most
+512 px and bones on one of at most 768 px, then upsampled; lung, heart and finding edges are drawn
+at full size inside their own windows. About 20 ms of CPU for 256 x 256, 90 ms for 512 x 512 and
+330 ms for 1280 x 1280 (one core).
+
+Deliberate simplifications: ribs, vessels and the hila are exaggerated about 3x over their
+physical contrast (as console processing does); ribs are dimmed over dense regions.
 
 Sides are the **patient's**: the patient's right lung is on the image left (``x < 0``), as on any
 PA radiograph.
@@ -23,7 +32,6 @@ the report, so forcing a finding on a seed changes only that finding's region.
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,11 +44,10 @@ from scipy import ndimage
 from torch.utils.data import Dataset
 
 from cxrfm.data.labels import FINDINGS, canonical_finding
-from cxrfm.data.phantom_reports import PhantomReport, compose_report
+from cxrfm.data.phantom_reports import compose_report
 from cxrfm.data.sample import CXRSample
 from cxrfm.errors import ConfigError
 
-log = logging.getLogger(__name__)
 
 # Findings the phantom can draw. Parent labels of CheXpert's hierarchy are set with them.
 SUPPORTED_FINDINGS: tuple[str, ...] = (
@@ -98,8 +105,8 @@ class PhantomConfig:
     noise_level: float = 0.012
     detector_blur: float = 0.6
     rotation_deg: float = 3.0
-    shift: float = 0.04
-    scale_range: tuple[float, float] = (1.06, 1.16)
+    shift: float = 0.03
+    scale_range: tuple[float, float] = (1.0, 1.06)
     ctr_range: tuple[float, float] = (0.39, 0.47)
     gamma_range: tuple[float, float] = (0.85, 1.15)
     contrast_range: tuple[float, float] = (0.92, 1.08)
@@ -341,9 +348,9 @@ class _Anatomy:
 def _sample_anatomy(rng: np.random.Generator, config: PhantomConfig, ctr: float) -> _Anatomy:
     u = rng.uniform
     apex_y = u(-0.76, -0.68)
-    right = _Side(-1.0, u(0.30, 0.36), apex_y, u(0.79, 0.85), u(0.58, 0.66), u(0.30, 0.40),
+    right = _Side(-1.0, u(0.30, 0.36), apex_y, u(0.78, 0.84), u(0.58, 0.66), u(0.30, 0.40),
                   u(0.26, 0.34), (u(0.15, 0.19), u(-0.12, -0.06)))
-    left = _Side(1.0, u(0.30, 0.36), apex_y + u(-0.02, 0.03), right.wall_x + u(-0.03, 0.02),
+    left = _Side(1.0, u(0.30, 0.36), apex_y + u(-0.02, 0.03), right.wall_x + u(-0.03, 0.01),
                  right.angle_y + u(0.02, 0.06), u(0.34, 0.44), right.dome_y + u(0.04, 0.08),
                  (u(0.15, 0.19), u(-0.18, -0.12)))
     thorax_width = right.wall_x + left.wall_x
@@ -1334,7 +1341,8 @@ def save_phantom_gallery(
         raise ValueError("save_phantom_gallery needs at least one case")
     columns = columns or min(4, len(cases))
     rows = math.ceil(len(cases) / columns)
-    figure = Figure(figsize=(columns * panel_inches, rows * (panel_inches + 0.35)))
+    aspect = cases[0].image.shape[0] / cases[0].image.shape[1]
+    figure = Figure(figsize=(columns * panel_inches, rows * (panel_inches * aspect + 0.35)))
     FigureCanvasAgg(figure)
     for index, case in enumerate(cases):
         axis = figure.add_subplot(rows, columns, index + 1)
