@@ -1,7 +1,8 @@
 """Datasets: one sample interface (:class:`CXRSample`), adapters for public CXR sets, and shards.
 
 Every adapter is a :class:`CXRDataset` subclass that parses its published metadata into records;
-:func:`build_dataset` picks one by name. :func:`write_shards` / :class:`ShardDataset` store and
+:func:`build_dataset` picks one by name. :mod:`cxrfm.data.phantom` is the embedded default: procedural
+chest radiographs with exact lung masks, findings and English/Chinese reports. :func:`write_shards` / :class:`ShardDataset` store and
 stream pre-resized samples as WebDataset tar shards.
 """
 
@@ -14,6 +15,15 @@ from cxrfm.data.labels import FINDINGS, align_labels, canonical_finding, labels_
 from cxrfm.data.manifest import ManifestDataset
 from cxrfm.data.mimic import MIMICCXRDataset
 from cxrfm.data.nih import NIHChestXray14Dataset
+from cxrfm.data.phantom import (
+    DEFAULT_FINDING_PROBS,
+    ChestPhantom,
+    PhantomCase,
+    PhantomConfig,
+    PhantomDataset,
+    generate_phantom,
+    save_phantom_gallery,
+)
 from cxrfm.data.openist import OpenISTLungDataset
 from cxrfm.data.registry import DATASETS, build_dataset
 from cxrfm.data.rsna import RSNAPneumoniaDataset
@@ -23,6 +33,13 @@ from cxrfm.data.shards import ShardDataset, read_shard_index, write_shards
 __all__ = [
     "DATASETS",
     "FINDINGS",
+    "DEFAULT_FINDING_PROBS",
+    "ChestPhantom",
+    "PhantomCase",
+    "PhantomConfig",
+    "PhantomDataset",
+    "generate_phantom",
+    "save_phantom_gallery",
     "CXRBatch",
     "CXRDataset",
     "CXRRecord",

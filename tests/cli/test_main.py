@@ -1,0 +1,52 @@
+import json
+
+import pytest
+
+from cxrfm.cli.main import VERB_MODULES, build_parser, main
+
+
+def test_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    for module in VERB_MODULES:
+        assert module.rsplit(".", 1)[1] in out
+
+
+def test_every_verb_module_registers():
+    # A verb module that fails to import must fail loudly, not vanish from --help.
+    parser = build_parser()
+    actions = next(a for a in parser._actions if a.dest == "verb")
+    assert set(actions.choices) == {m.rsplit(".", 1)[1] for m in VERB_MODULES}
+
+
+def test_config_error_is_reported_without_traceback(capsys, tmp_path):
+    code = main(["demo", "--out", str(tmp_path / "run"), "--set", "segmenter.train.epochs=many"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "segmenter.train.epochs" in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "demo"
+    overrides = [
+        "gallery_count=2", "hd_size=[320, 320]", "phantom_size=[128, 128]", "eval_phantoms=4",
+        "segmenter.data.num_phantoms=16", "segmenter.train.epochs=1", "segmenter.train.progress=false",
+        "pretrain_overrides=[train.max_steps=6, train.figure_every=3, train.checkpoint_every=3, data.sources.phantom.num_samples=24]",
+    ]
+    args = ["demo", "--out", str(out)]
+    for override in overrides:
+        args += ["--set", override]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    for figure in ("figures/phantoms.png", "figures/phantom_hd.png", "figures/contours.png"):
+        assert (out / figure).stat().st_size > 10_000
+    assert summary["pretraining"]["steps"] == 6 and summary["pretraining"]["figures"]
+    assert 0.0 <= summary["segmentation"]["scores"]["segmenter"]["dice_mean"] <= 1.0
+    from cxrfm.models.vit import VisionTransformer
+
+    encoder = VisionTransformer.from_pretrained(out / "pretrain" / "encoder")
+    assert encoder.config.in_channels == 1
+    assert "# cxrfm demo" in (out / "summary.md").read_text()
