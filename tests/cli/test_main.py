@@ -50,3 +50,12 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     encoder = VisionTransformer.from_pretrained(out / "pretrain" / "encoder")
     assert encoder.config.in_channels == 1
     assert "# cxrfm demo" in (out / "summary.md").read_text()
+
+
+def test_demo_never_overwrites_an_earlier_run(tmp_path):
+    from cxrfm.utils import make_run_dir
+
+    first = make_run_dir(tmp_path, "demo")
+    (first / "summary.json").write_text("{}")
+    second = make_run_dir(tmp_path, "demo")
+    assert second == tmp_path / "demo-1" and (first / "summary.json").exists()

@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    parser.add_argument(
+        "--out", default="runs/demo", help="run folder (default runs/demo; runs/demo-1, -2, ... when it already holds a run)"
+    )
     add_config_arguments(parser, default_config="demo")
     parser.set_defaults(func=_demo)
 
@@ -58,9 +60,13 @@ class DemoConfig:
 def _demo(args: argparse.Namespace) -> int:
     from cxrfm.config import load_config, save_config
     from cxrfm.configs import resolve_config_path
+    from cxrfm.utils import make_run_dir
 
     config = load_config(DemoConfig, resolve_config_path(args.config), args.overrides)
-    out = Path(args.out)
+    requested = Path(args.out)
+    out = make_run_dir(requested.parent, requested.name)  # never overwrite an earlier run's work
+    if out != requested:
+        log.info("%s already holds a run; writing to %s", requested, out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
     timings: dict[str, float] = {}

@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     train = actions.add_parser("train", help="train a lung segmenter (default config: tiny, on phantoms)")
     add_config_arguments(train)
+    train.add_argument("--resume", action="store_true", help="continue the run in output_dir/run_name from its latest checkpoint")
     train.set_defaults(func=_train)
 
     predict = actions.add_parser("predict", help="write lung-mask PNGs for a folder of images or a manifest")
@@ -53,7 +54,7 @@ def _train(args: argparse.Namespace) -> int:
 
     path = resolve_config_path(args.config) if args.config else None
     config = load_config(SegmenterTrainConfig, path, args.overrides)
-    run_dir = train_segmenter(config)
+    run_dir = train_segmenter(config, resume=args.resume)
     log.info("segmenter weights: %s", run_dir)
     return 0
 
