@@ -176,3 +176,34 @@ def test_segmenter_region_without_weights_is_a_config_error(tmp_path):
     config.masking.region = "segmenter"
     with pytest.raises(ConfigError, match="segmenter_weights"):
         MAEPretrainTask(config)
+
+
+def test_cached_regions_are_computed_once_per_sample_and_change_nothing(tmp_path):
+    config = _config(tmp_path)
+    config.masking.region = "classical"
+    calls = []
+
+    class CountingProvider:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, images, given_masks=None):
+            calls.append(images.shape[0])
+            return self.inner(images, given_masks)
+
+    from cxrfm.training.pretrain import build_region_provider
+
+    batch = collate_samples([TwoLungs()[i] for i in range(4)])
+    batch.meta = [dict(m, index=i) for i, m in enumerate(batch.meta)]
+    model = build_model(config.model, (64, 64))
+    ctx = StepContext(0, 0, 0, 7, torch.device("cpu"), 0, 1, config.train)
+    config.augment.random_resized_crop = False  # regions of the same pixels either way
+    plain = MAEPretrainTask(config).training_step(model, batch, ctx)
+
+    config.masking.cache_regions = True
+    cached_task = MAEPretrainTask(config, region_provider=CountingProvider(build_region_provider(config.masking)))
+    first = cached_task.training_step(model, batch, ctx)
+    second = cached_task.training_step(model, batch, StepContext(1, 1, 0, 7, torch.device("cpu"), 0, 1, config.train))
+    assert calls == [4]  # one provider call for the 4 samples; the second step reused the cache
+    assert torch.equal(first["loss"], plain["loss"]) and torch.isfinite(second["loss"])
+    assert first["region_fraction"] == plain["region_fraction"]

@@ -159,6 +159,7 @@ def _pretrain_stage(config, out: Path) -> dict:
     overrides = [
         f"train.output_dir={out / 'pretrain'}",
         "masking.region=segmenter",
+        "masking.cache_regions=true",  # segment each phantom once, not once per step
         f"masking.segmenter_weights={out / config.segmenter.run_name}",
         *config.pretrain_overrides,
     ]

@@ -55,6 +55,9 @@ class MaskingSection:
     uniformly (MAE). A patch is inside when at least ``inside_threshold`` of it is in the region.
     ``region`` says where the region comes from; ``region_fallback`` covers samples without a
     given mask; ``segmenter_weights`` is a ``LungSegmenter.save_pretrained`` folder.
+    ``cache_regions`` computes each sample's region once, on the un-augmented image, and reuses it
+    (random crops transform it together with the image): the segmenter then costs one forward per
+    sample per run instead of one per step, at one ``(H, W)`` byte mask per sample of memory.
     """
 
     kind: Literal["random", "context"] = "context"
@@ -65,6 +68,7 @@ class MaskingSection:
     region: RegionSourceName = "rectangle"
     region_fallback: Literal["segmenter", "classical", "rectangle"] | None = None
     segmenter_weights: str | None = None
+    cache_regions: bool = False
 
 
 @dataclass
@@ -262,15 +266,40 @@ class MAEPretrainTask(BaseTask):
         self.config = config
         self.masker = masker if masker is not None else build_masker(config.masking)
         self.region_provider = region_provider if region_provider is not None else build_region_provider(config.masking)
+        self._region_cache: dict[int, torch.Tensor] = {}  # sample id -> (1, H, W) uint8, CPU
+
+    def cached_regions(self, images: torch.Tensor, given_masks: torch.Tensor | None, sample_ids: torch.Tensor) -> torch.Tensor:
+        """Regions ``(B, 1, H, W)`` of un-augmented ``images``, computed once per sample id."""
+        ids = sample_ids.tolist()
+        missing = [i for i, sample_id in enumerate(ids) if sample_id not in self._region_cache]
+        if missing:
+            rows = torch.tensor(missing, device=images.device)
+            computed = self.region_provider(images[rows], None if given_masks is None else given_masks[rows])
+            for row, region in zip(missing, computed):
+                self._region_cache[ids[row]] = (region > 0.5).to(torch.uint8).cpu()
+        return torch.stack([self._region_cache[i] for i in ids]).to(images.device, images.dtype)
 
     def mask_batch(
-        self, model: nn.Module, images: torch.Tensor, given_masks: torch.Tensor | None, sample_ids: torch.Tensor, *, seed: int, epoch: int, stream: int
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        given_masks: torch.Tensor | None,
+        sample_ids: torch.Tensor,
+        *,
+        seed: int,
+        epoch: int,
+        stream: int,
+        regions: torch.Tensor | None = None,
     ):
-        """Chest regions ``(B, 1, H, W)`` and the :class:`MaskingResult` for ``images``."""
+        """Chest regions ``(B, 1, H, W)`` and the :class:`MaskingResult` for ``images``.
+
+        ``regions``, when given (the cached ones), are used as they are instead of asking the provider.
+        """
         from cxrfm.models import patch_inside_fraction
 
         core = _core(model)
-        regions = self.region_provider(images, given_masks)
+        if regions is None:
+            regions = self.region_provider(images, given_masks)
         inside = patch_inside_fraction(regions, core.patch_size)  # (B, N)
         noise = hashed_uniform(sample_ids.to(images.device), core.num_patches, seed=seed, epoch=epoch, stream=stream)
         masking = self.masker(images.shape[0], core.num_patches, inside_fraction=inside, noise=noise, device=images.device)
@@ -289,8 +318,17 @@ class MAEPretrainTask(BaseTask):
 
     def training_step(self, model: nn.Module, batch, ctx: StepContext) -> dict[str, Any]:
         sample_ids = batch_sample_ids(batch)
-        images, given_masks = self.augment(batch.images, batch.lung_masks, sample_ids, ctx)
-        regions, masking = self.mask_batch(model, images, given_masks, sample_ids, seed=ctx.seed, epoch=ctx.epoch, stream=STREAM_MASKING)
+        if self.config.masking.cache_regions:
+            # Regions of the un-augmented images, then cropped together with them.
+            cached = self.cached_regions(batch.images, batch.lung_masks, sample_ids)
+            images, regions = self.augment(batch.images, cached, sample_ids, ctx)
+            given_masks = None
+        else:
+            images, given_masks = self.augment(batch.images, batch.lung_masks, sample_ids, ctx)
+            regions = None
+        regions, masking = self.mask_batch(
+            model, images, given_masks, sample_ids, seed=ctx.seed, epoch=ctx.epoch, stream=STREAM_MASKING, regions=regions
+        )
         output = model(images, masking)  # the one forward of this step
         return {
             "loss": output.loss,
