@@ -1,0 +1,33 @@
+"""Tiny report-training configs for the report training / CLI / IU stand-in tests."""
+
+from __future__ import annotations
+
+from cxrfm.config import from_dict
+from cxrfm.training.report import ReportTrainConfig
+
+
+def tiny_report_config(output_dir, **sections) -> ReportTrainConfig:
+    """A 32x32 phantom run of a few seconds: 1-block ViT, 32-wide decoder, 24 train phantoms."""
+    data = {
+        "model": {
+            "preset": "r2gen-tiny-cpu",
+            "overrides": {"num_decoder_layers": 1, "dropout": 0.0, "visual_dropout": 0.0},
+            "encoder_preset": "vit-tiny-cpu",
+            "encoder_overrides": {"depth": 1, "embed_dim": 32},
+            "image_size": [32, 32],
+        },
+        "tokenizer": {"min_frequency": 1, "max_length": 40},
+        "data": {"kind": "phantom", "num_train": 24, "num_val": 4, "num_test": 4},
+        "decoding": {"beam_size": 2, "batch_size": 8},
+        "evaluation": {"val_metrics": ["BLEU-4"], "meteor": False},
+        "encoder_lr": 1.0e-3,
+        "train": {
+            "output_dir": str(output_dir), "max_steps": 30, "batch_size": 8, "lr": 3.0e-3, "warmup_steps": 3,
+            "log_every": 5, "validate_every": 10, "select_metric": "BLEU-4", "optimizer": "adam", "amsgrad": True,
+            "weight_decay": 5.0e-5, "betas": [0.9, 0.999], "device": "cpu", "tensorboard": False, "progress_bar": False,
+            "num_threads": 1,
+        },
+    }
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
+    return from_dict(ReportTrainConfig, data)
