@@ -20,6 +20,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from cxrfm.cli.common import add_config_arguments
 from cxrfm.training.segmentation import SegmenterTrainConfig
@@ -55,6 +56,9 @@ class DemoConfig:
     segmenter: SegmenterTrainConfig = field(default_factory=SegmenterTrainConfig)
     pretrain_config: str = "mae-tiny-phantom"
     pretrain_overrides: list[str] = field(default_factory=list)
+    report: bool = True
+    report_language: Literal["en", "zh"] = "en"
+    report_overrides: list[str] = field(default_factory=list)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -83,6 +87,16 @@ def _demo(args: argparse.Namespace) -> int:
     started = time.time()
     summary["pretraining"] = _pretrain_stage(config, out)
     timings["pretraining"] = time.time() - started
+
+    if config.report:
+        from cxrfm.training.report_demo import run_report_demo
+
+        started = time.time()
+        encoder = Path(summary["pretraining"]["encoder"])
+        summary["report"] = run_report_demo(
+            out, encoder, seed=config.seed, language=config.report_language, overrides=config.report_overrides
+        )
+        timings["report"] = time.time() - started
 
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -175,6 +189,27 @@ def _pretrain_stage(config, out: Path) -> dict:
     }
 
 
+def _report_markdown(report: dict) -> list[str]:
+    nlg = report.get("test_nlg", {})
+    clinical = report.get("test_clinical", {})
+    lines = [
+        "",
+        "## Report generation",
+        f"R2Gen-style generator ({report['language']}) on the encoder above, trained on phantom image-report pairs "
+        f"(vocabulary {report['vocab_size']}, studies {report['studies']}); scored on held-out phantoms:",
+        "",
+        "| " + " | ".join(nlg) + " |",
+        "|" + "---|" * len(nlg),
+        "| " + " | ".join(f"{v:.3f}" for v in nlg.values()) + " |",
+        "",
+    ]
+    if clinical:
+        lines += [f"Clinical efficacy ({report.get('clinical_convention')}): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in clinical.items()), ""]
+    lines += [f"![reports]({report['figure']})"]
+    return lines
+
+
 def _summary_markdown(summary: dict) -> str:
     seg = summary["segmentation"]
     pre = summary["pretraining"]
@@ -207,6 +242,8 @@ def _summary_markdown(summary: dict) -> str:
         "",
     ]
     lines += [f"![reconstruction]({figure})" for figure in pre["figures"][-1:]]
+    if "report" in summary:
+        lines += _report_markdown(summary["report"])
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"

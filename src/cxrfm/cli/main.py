@@ -21,6 +21,7 @@ VERB_MODULES = (
     "cxrfm.cli.phantom",
     "cxrfm.cli.segment",
     "cxrfm.cli.pretrain",
+    "cxrfm.cli.report",
     "cxrfm.cli.shards",
 )
 
