@@ -181,3 +181,21 @@ def test_weighted_bce_follows_the_reference_ratio_weights_and_skips_unknown_labe
     uncertain = targets.clone()
     uncertain[0, 0] = -1
     assert weighted_bce(logits, uncertain).item() == pytest.approx(float((bce(-1.0, 0) + bce(2.0, 0)) / 2), rel=1e-6)
+
+
+def test_frozen_trunk_gets_no_gradients_and_cached_tokens_give_the_same_logits():
+    model = tiny_classifier("vtb", frozen_blocks=1, encoder=tiny_encoder_config(drop_path_rate=0.3))
+    model.train()
+    assert not model.encoder.blocks[0].training and model.encoder.blocks[1].training
+    images = torch.rand(2, 1, 32, 32)
+    weighted_bce(model(images), torch.ones(2, 3)).backward()
+    frozen = [model.encoder.patch_embed.proj.weight, model.encoder.cls_token, *model.encoder.blocks[0].parameters()]
+    assert all(p.grad is None for p in frozen)
+    assert all(p.grad is not None for p in model.encoder.blocks[1].parameters())
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model(trunk_tokens=model.trunk_tokens(images)), model(images))
+    with pytest.raises(ValueError, match="exactly one"):
+        model()
+    with pytest.raises(ValueError, match="frozen_blocks"):
+        tiny_classifier("vtb", frozen_blocks=3)  # the fusion block always trains

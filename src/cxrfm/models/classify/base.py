@@ -46,6 +46,12 @@ class ClassifierConfig:
         layer_decay: learning rate of encoder layer ``i`` (of ``depth + 1``) scaled by
             ``layer_decay ** (depth + 1 - i)``; 1.0 = the same rate everywhere.
         head_dropout: dropout before the pooled head.
+        frozen_blocks: the patch embedding, class/position embeddings and the first
+            ``frozen_blocks`` encoder blocks are frozen (no gradients, always in eval mode): the
+            "trunk". Its output can be computed once per image and cached
+            (:meth:`ClassifierBase.trunk_tokens`), which makes CPU runs with a pretrained encoder
+            cheap. 0 trains everything; ``linear_probe`` freezes the whole encoder regardless; VTB
+            always trains its last (fusion) block.
     """
 
     kind: ClassifierKind = "vtb"
@@ -58,6 +64,7 @@ class ClassifierConfig:
     pool: Literal["mean", "cls"] = "mean"
     layer_decay: float = 1.0
     head_dropout: float = 0.0
+    frozen_blocks: int = 0
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
@@ -69,6 +76,9 @@ class ClassifierConfig:
             self.encoder = ViTConfig(**self.encoder)
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        trainable_limit = self.encoder.depth - 1 if self.kind == "vtb" else self.encoder.depth
+        if not 0 <= self.frozen_blocks <= trainable_limit:
+            raise ValueError(f"frozen_blocks must be in [0, {trainable_limit}] for {self.kind}, got {self.frozen_blocks}")
         if self.pool == "cls" and not self.encoder.class_token:
             raise ValueError("pool 'cls' needs an encoder with a class token")
 
@@ -78,7 +88,11 @@ class ClassifierConfig:
 
 
 class ClassifierBase(nn.Module):
-    """Save/load and parameter groups; subclasses define ``forward(images) -> (B, K)``."""
+    """Save/load, the frozen trunk and parameter groups.
+
+    Subclasses define ``forward_from_trunk(tokens) -> (B, K)``; ``forward`` takes images (or
+    precomputed trunk tokens) and returns logits ``(B, K)``.
+    """
 
     config: ClassifierConfig
     encoder: nn.Module
@@ -90,6 +104,55 @@ class ClassifierBase(nn.Module):
     @property
     def num_labels(self) -> int:
         return self.config.num_labels
+
+    @property
+    def num_frozen_blocks(self) -> int:
+        """Encoder blocks in the frozen trunk (all of them for a linear probe)."""
+        return self.config.encoder.depth if self.config.kind == "linear_probe" else self.config.frozen_blocks
+
+    @property
+    def has_frozen_trunk(self) -> bool:
+        return self.num_frozen_blocks > 0
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if self.config.kind == "linear_probe":
+            return [self.encoder]
+        return [self.encoder.patch_embed, *self.encoder.blocks[: self.num_frozen_blocks]]
+
+    def freeze_trunk(self) -> None:
+        """Stop gradients into the trunk (call at the end of ``__init__``)."""
+        if not self.has_frozen_trunk:
+            return
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        for name in ("cls_token", "pos_embed"):
+            parameter = getattr(self.encoder, name, None)
+            if isinstance(parameter, nn.Parameter):
+                parameter.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "ClassifierBase":
+        super().train(mode)
+        if self.has_frozen_trunk:
+            for module in self._frozen_modules():
+                module.eval()  # a frozen trunk never uses drop-path
+        return self
+
+    def trunk_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` -> ``(B, T, D)``: embedding + the frozen blocks (no gradients when frozen)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.has_frozen_trunk):
+            return self.encoder.forward_blocks(self.encoder.embed(images), 0, self.num_frozen_blocks)
+
+    def forward_from_trunk(self, tokens: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor | None = None, trunk_tokens: torch.Tensor | None = None) -> torch.Tensor:
+        """``images (B, 1, H, W)`` or cached ``trunk_tokens (B, T, D)`` -> logits ``(B, K)``."""
+        if (images is None) == (trunk_tokens is None):
+            raise ValueError("pass exactly one of images or trunk_tokens")
+        if trunk_tokens is None:
+            trunk_tokens = self.trunk_tokens(images)
+        return self.forward_from_trunk(trunk_tokens)
 
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` -> ``(B, K)`` sigmoid probabilities."""

@@ -1,7 +1,7 @@
 """Pooled-feature classifiers: the linear probe and full fine-tuning baselines.
 
-``linear_probe``: the encoder is frozen (no gradients, always in eval mode so drop-path is off);
-its pooled features go through one ``Linear(D -> K)``. ``finetune``: the same head, every weight
+``linear_probe``: the encoder is frozen (no gradients, always in eval mode so drop-path is off;
+its final norm too); its pooled features go through one ``Linear(D -> K)``. ``finetune``: the same head, every weight
 trained, usually with layer-wise learning-rate decay (``ClassifierConfig.layer_decay``, e.g. 0.75
 as in MAE/BEiT fine-tuning).
 """
@@ -33,24 +33,11 @@ class PooledClassifier(ClassifierBase):
         self.head = nn.Linear(config.encoder.embed_dim, config.num_labels)
         head_init_(self.head.weight, self.head.bias)
         self.logit_norm = nn.BatchNorm1d(config.num_labels) if config.logit_batchnorm else None
-        if self.frozen_encoder:
-            self.encoder.requires_grad_(False)
-            self.encoder.eval()
-
-    @property
-    def frozen_encoder(self) -> bool:
-        return self.config.kind == "linear_probe"
-
-    def train(self, mode: bool = True) -> "PooledClassifier":
-        super().train(mode)
-        if self.frozen_encoder:
-            self.encoder.eval()  # a frozen encoder never uses drop-path
-        return self
+        self.freeze_trunk()
 
     def last_block_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` -> ``(B, T, D)`` after the last block, before the final norm."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen_encoder):
-            return self.encoder.forward_blocks(self.encoder.embed(images))
+        return self.encoder.forward_blocks(self.trunk_tokens(images), self.num_frozen_blocks)
 
     def pool(self, normed_tokens: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` -> ``(B, D)``: mean of the patch tokens, or the class token."""
@@ -63,6 +50,6 @@ class PooledClassifier(ClassifierBase):
         logits = self.head(self.dropout(self.pool(self.encoder.norm(tokens))))
         return self.logit_norm(logits) if self.logit_norm is not None else logits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` -> logits ``(B, K)``."""
-        return self.forward_head(self.last_block_tokens(images))
+    def forward_from_trunk(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Trunk tokens ``(B, T, D)`` -> remaining blocks -> norm, pooling, head -> ``(B, K)``."""
+        return self.forward_head(self.encoder.forward_blocks(tokens, self.num_frozen_blocks))

@@ -53,6 +53,7 @@ class VTBClassifier(ClassifierBase):
         self.head_bias = nn.Parameter(torch.zeros(config.num_labels))
         self.logit_norm = nn.BatchNorm1d(config.num_labels) if config.logit_batchnorm else None
         self._init_new_weights()
+        self.freeze_trunk()
 
     def _init_new_weights(self) -> None:
         nn.init.xavier_uniform_(self.label_projection.weight)
@@ -69,7 +70,7 @@ class VTBClassifier(ClassifierBase):
 
     def image_tokens(self, images: torch.Tensor) -> torch.Tensor:
         """``(B, 1, H, W)`` -> ``(B, T, D)`` after blocks ``0 .. depth - 2`` (T = prefix + patches)."""
-        return self.encoder.forward_blocks(self.encoder.embed(images), 0, self.depth - 1)
+        return self.encoder.forward_blocks(self.trunk_tokens(images), self.num_frozen_blocks, self.depth - 1)
 
     def label_tokens(self, batch_size: int) -> torch.Tensor:
         """``(B, K, D)``: projected label embeddings plus the label type embedding."""
@@ -92,6 +93,7 @@ class VTBClassifier(ClassifierBase):
         logits = torch.einsum("bkd,kd->bk", label_states, self.head_weight) + self.head_bias
         return self.logit_norm(logits) if self.logit_norm is not None else logits
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` -> logits ``(B, K)``."""
-        return self.logits_from_joint(self.fuse(self.image_tokens(images)))
+    def forward_from_trunk(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Trunk tokens ``(B, T, D)`` -> the remaining image blocks -> fusion -> logits ``(B, K)``."""
+        image_tokens = self.encoder.forward_blocks(tokens, self.num_frozen_blocks, self.depth - 1)
+        return self.logits_from_joint(self.fuse(image_tokens))
