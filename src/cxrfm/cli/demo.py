@@ -9,7 +9,11 @@ Stages, each writing into the run folder:
    per-patch inside/outside grid that drives context-aware masking).
 3. ``pretrain/``: a short MAE pretraining with context-aware masking whose chest region comes from
    that segmenter: reconstruction figures (original / masked / reconstruction) and ``encoder/``.
-4. ``summary.md`` / ``summary.json``.
+4. ``report/``: an R2Gen-style report generator on that encoder (phantom image-report pairs),
+   its NLG and clinical-efficacy metrics and ``figures/report_examples.png``.
+5. ``classify/``: a VTB-style classifier of the phantom findings, its AUROC table with bootstrap
+   intervals and per-label heatmaps.
+6. ``summary.md`` / ``summary.json``.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ class DemoConfig:
     report: bool = True
     report_language: Literal["en", "zh"] = "en"
     report_overrides: list[str] = field(default_factory=list)
+    classify: bool = True
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -97,6 +102,15 @@ def _demo(args: argparse.Namespace) -> int:
             out, encoder, seed=config.seed, language=config.report_language, overrides=config.report_overrides
         )
         timings["report"] = time.time() - started
+
+    if config.classify:
+        from cxrfm.training.classify import run_classify_demo
+
+        started = time.time()
+        summary["classification"] = run_classify_demo(
+            out / "classify", Path(summary["pretraining"]["encoder"]), seed=config.seed
+        )
+        timings["classification"] = time.time() - started
 
     summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -210,6 +224,25 @@ def _report_markdown(report: dict) -> list[str]:
     return lines
 
 
+def _classification_markdown(result: dict, run_dir: Path) -> list[str]:
+    low, high = result["test_mean_auroc_ci"]
+    lines = [
+        "",
+        "## Disease prediction",
+        f"VTB-style classifier (label-name tokens fused into the last ViT block) on the encoder above, "
+        f"{result['train_images']} training phantoms, {result['steps']} steps (best by validation at step {result['best_step']}).",
+        "",
+        f"Held-out mean AUROC {result['test_mean_auroc']:.3f} (95 % bootstrap CI {low:.3f}-{high:.3f}).",
+        "",
+        "| finding | AUROC |",
+        "|---|---|",
+    ]
+    lines += [f"| {name} | {value:.3f} |" for name, value in result["test_auroc"].items()]
+    if result.get("heatmaps"):
+        lines += ["", f"![heatmaps]({Path(result['heatmaps']).relative_to(run_dir)})"]
+    return lines
+
+
 def _summary_markdown(summary: dict) -> str:
     seg = summary["segmentation"]
     pre = summary["pretraining"]
@@ -244,6 +277,8 @@ def _summary_markdown(summary: dict) -> str:
     lines += [f"![reconstruction]({figure})" for figure in pre["figures"][-1:]]
     if "report" in summary:
         lines += _report_markdown(summary["report"])
+    if "classification" in summary:
+        lines += _classification_markdown(summary["classification"], Path(summary["run_dir"]))
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
