@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -678,7 +679,9 @@ def run_report_training(
     train_split, val_split = get_split("train"), get_split("val")
     tokenizer = ReportTokenizer.build(train_split.texts, config.tokenizer)
     output_dir = Path(config.train.output_dir)
-    tokenizer.save_pretrained(output_dir)
+    is_main = int(os.environ.get("RANK", "0")) == 0  # under torchrun only rank 0 writes and scores
+    if is_main:
+        tokenizer.save_pretrained(output_dir)
     max_length = config.decoding.max_length or config.tokenizer.max_length - 1
     model = build_report_model(config.model, tokenizer, encoder, max_length=max_length)
     task = ReportGenerationTask(config, tokenizer, val_split)
@@ -692,7 +695,7 @@ def run_report_training(
     result = Trainer(model, task, train_split, config.train, collate_fn=task.collate, run_config=config).fit(resume=resume)
     seconds["train"] = time.perf_counter() - started
     run = ReportRunResult(output_dir, output_dir / MODEL_DIR, result, len(tokenizer), {"train": len(train_split), "val": len(val_split)}, seconds=seconds)
-    if config.evaluation.test:
+    if config.evaluation.test and is_main:
         started = time.perf_counter()
         _evaluate_test(config, run, get_split("test"))
         seconds["test"] = time.perf_counter() - started
