@@ -12,22 +12,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-CHEXPERT_FINDINGS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from cxrfm.vocabulary import CHEXPERT_FINDINGS
+
 
 # Findings some datasets label that CheXpert does not.
 EXTRA_FINDINGS: tuple[str, ...] = (

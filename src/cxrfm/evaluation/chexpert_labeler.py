@@ -44,24 +44,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# The same names and order as cxrfm.data.labels.CHEXPERT_FINDINGS (evaluation may not import data;
-# a test checks they agree).
-CHEXPERT_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+from cxrfm.vocabulary import CHEXPERT_FINDINGS
+
+# The shared list (cxrfm.vocabulary), under the name the labeler literature uses.
+CHEXPERT_OBSERVATIONS: tuple[str, ...] = CHEXPERT_FINDINGS
 POSITIVE, NEGATIVE, UNCERTAIN, BLANK = 1.0, 0.0, -1.0, float("nan")
 
 # ----- mention phrases (regular expressions over lowercased text) -----
