@@ -54,7 +54,7 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert (out / "figures" / "report_examples.png").stat().st_size > 10_000
     assert set(summary["report"]["test_nlg"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"}
     assert 0.0 <= summary["classification"]["test_mean_auroc"] <= 1.0
-    assert (out / summary["classification"]["heatmaps"]).exists() or Path(summary["classification"]["heatmaps"]).exists()
+    assert Path(summary["classification"]["heatmaps"]).stat().st_size > 10_000
     summary_md = (out / "summary.md").read_text()
     assert "# cxrfm demo" in summary_md and "## Disease prediction" in summary_md
 

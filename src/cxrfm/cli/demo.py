@@ -78,44 +78,34 @@ def _demo(args: argparse.Namespace) -> int:
         log.info("%s already holds a run; writing to %s", requested, out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     save_config(config, out / "config.yaml")
-    timings: dict[str, float] = {}
-    summary: dict = {"run_dir": str(out)}
+    summary: dict = {"run_dir": str(out), "seconds": {}}
 
-    started = time.time()
-    summary["phantoms"] = _phantom_figures(config, out)
-    timings["phantoms"] = time.time() - started
+    def run_stage(name: str, stage) -> None:
+        started = time.time()
+        summary[name] = stage()
+        summary["seconds"][name] = round(time.time() - started, 1)
 
-    started = time.time()
-    summary["segmentation"] = _contour_stage(config, out)
-    timings["contours"] = time.time() - started
-
-    started = time.time()
-    summary["pretraining"] = _pretrain_stage(config, out)
-    timings["pretraining"] = time.time() - started
-
+    run_stage("phantoms", lambda: _phantom_figures(config, out))
+    run_stage("segmentation", lambda: _contour_stage(config, out))
+    run_stage("pretraining", lambda: _pretrain_stage(config, out))
+    encoder = Path(summary["pretraining"]["encoder"])
     if config.report:
         from cxrfm.training.report_demo import run_report_demo
 
-        started = time.time()
-        encoder = Path(summary["pretraining"]["encoder"])
-        summary["report"] = run_report_demo(
-            out, encoder, seed=config.seed, language=config.report_language, overrides=config.report_overrides
+        run_stage(
+            "report",
+            lambda: run_report_demo(
+                out, encoder, seed=config.seed, language=config.report_language, overrides=config.report_overrides
+            ),
         )
-        timings["report"] = time.time() - started
-
     if config.classify:
         from cxrfm.training.classify import run_classify_demo
 
-        started = time.time()
-        summary["classification"] = run_classify_demo(
-            out / "classify", Path(summary["pretraining"]["encoder"]), seed=config.seed
-        )
-        timings["classification"] = time.time() - started
+        run_stage("classification", lambda: run_classify_demo(out / "classify", encoder, seed=config.seed))
 
-    summary["seconds"] = {k: round(v, 1) for k, v in timings.items()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (out / "summary.md").write_text(_summary_markdown(summary), encoding="utf-8")
-    log.info("demo finished in %.0f s; open %s", sum(timings.values()), out / "summary.md")
+    log.info("demo finished in %.0f s; open %s", sum(summary["seconds"].values()), out / "summary.md")
     return 0
 
 
