@@ -1,6 +1,6 @@
 """Real-data check of HD-MAE pretraining: lung masks for the pretraining images, then a linear probe.
 
-Two steps around ``cxrfm pretrain`` (see ``BENCHMARKS.md.d/pretraining-realdata.md``):
+Two steps around ``cxrfm pretrain`` (see ``BENCHMARKS.md``, HD-MAE real-data check):
 
 ``masks``: run the lung segmenter once over the pretraining images (OpenIST train + the frontal
 COVID-19-collection train images) and write ``<out>/manifest.csv`` + ``<out>/masks/*.png``. The

@@ -31,7 +31,7 @@ For each report it returns, per observation, ``1`` positive, ``0`` negative, ``-
    or uncertainly; otherwise it is blank (CheXpert never labels No Finding 0).
 
 Known limits: no syntax parse, so scope is approximate; "lymph XXXX" style de-identified words
-hide mentions. Agreement with IU-Xray's MeSH labels is in ``BENCHMARKS.md.d/report.md``
+hide mentions. Agreement with IU-Xray's MeSH labels is in ``BENCHMARKS.md`` (Report generation)
 (``benchmarks/labeler_agreement.py``). :func:`labels_from_mesh` documents that MeSH mapping.
 """
 
