@@ -171,3 +171,16 @@ def test_cached_trunk_tokens_train_exactly_like_images(tmp_path):
         weights[cached] = load_file(str(result.model_dir / "model.safetensors"))
     for name, tensor in weights[True].items():
         torch.testing.assert_close(tensor, weights[False][name], rtol=1e-4, atol=1e-5)
+
+
+def test_demo_stage_trains_on_phantoms_and_reports_its_table_and_heatmaps(tmp_path):
+    from cxrfm.training.classify import run_classify_demo
+
+    shrink = ["train.max_steps=3", "train.validate_every=3", "model.label_embedding=learned", "data.image_size=[64, 64]",
+              "data.num_samples={train: 16, val: 12, test: 12}", "evaluation.bootstrap=20", "evaluation.heatmap_images=2"]
+    summary = run_classify_demo(tmp_path / "classify", None, seed=1, overrides=shrink)
+    assert summary["encoder"] == "random init" and summary["steps"] == 3
+    assert summary["labels"] == ["Cardiomegaly", "Pleural Effusion", "Lung Opacity", "Pneumothorax", "Nodule", "No Finding"]
+    assert (tmp_path / "classify" / "figures" / "heatmaps.png").is_file()
+    assert "## Test (12 images" in summary["table_markdown"]
+    assert set(summary["test_auroc"]) == set(summary["labels"])

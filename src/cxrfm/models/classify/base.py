@@ -46,6 +46,9 @@ class ClassifierConfig:
         layer_decay: learning rate of encoder layer ``i`` (of ``depth + 1``) scaled by
             ``layer_decay ** (depth + 1 - i)``; 1.0 = the same rate everywhere.
         head_dropout: dropout before the pooled head.
+        feature_batchnorm: pooled heads: BatchNorm1d without affine on the pooled features before
+            the head (MAE's linear-probe recipe: it standardises features whose scale differs by
+            orders of magnitude between encoders). None = on for ``linear_probe`` only.
         frozen_blocks: the patch embedding, class/position embeddings and the first
             ``frozen_blocks`` encoder blocks are frozen (no gradients, always in eval mode): the
             "trunk". Its output can be computed once per image and cached
@@ -65,6 +68,7 @@ class ClassifierConfig:
     layer_decay: float = 1.0
     head_dropout: float = 0.0
     frozen_blocks: int = 0
+    feature_batchnorm: bool | None = None
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
@@ -76,6 +80,8 @@ class ClassifierConfig:
             self.encoder = ViTConfig(**self.encoder)
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
+        if self.feature_batchnorm is None:
+            self.feature_batchnorm = self.kind == "linear_probe"
         trainable_limit = self.encoder.depth - 1 if self.kind == "vtb" else self.encoder.depth
         if not 0 <= self.frozen_blocks <= trainable_limit:
             raise ValueError(f"frozen_blocks must be in [0, {trainable_limit}] for {self.kind}, got {self.frozen_blocks}")

@@ -64,7 +64,8 @@ def vtb_attention_rollout(model: VTBClassifier, images: torch.Tensor, weighting:
     encoder = model.encoder
     num_labels = model.num_labels
     with torch.enable_grad():
-        tokens = encoder.embed(images).detach()
+        # A leaf that requires grad: frozen blocks' attention then still enters the graph.
+        tokens = encoder.embed(images).detach().requires_grad_(True)
         attentions = []
         for block in encoder.blocks[: model.depth - 1]:
             tokens, attention = _block_with_attention(block, tokens)

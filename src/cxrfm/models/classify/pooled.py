@@ -29,6 +29,8 @@ class PooledClassifier(ClassifierBase):
         if encoder is not None:
             check_encoder(encoder, config)
         self.encoder = encoder if encoder is not None else VisionTransformer(config.encoder)
+        width = config.encoder.embed_dim
+        self.feature_norm = nn.BatchNorm1d(width, affine=False) if config.feature_batchnorm else None
         self.dropout = nn.Dropout(config.head_dropout)
         self.head = nn.Linear(config.encoder.embed_dim, config.num_labels)
         head_init_(self.head.weight, self.head.bias)
@@ -47,7 +49,10 @@ class PooledClassifier(ClassifierBase):
 
     def forward_head(self, tokens: torch.Tensor) -> torch.Tensor:
         """Last-block tokens ``(B, T, D)`` -> logits ``(B, K)`` (final norm, pooling, head)."""
-        logits = self.head(self.dropout(self.pool(self.encoder.norm(tokens))))
+        features = self.pool(self.encoder.norm(tokens))  # (B, D)
+        if self.feature_norm is not None:
+            features = self.feature_norm(features)
+        logits = self.head(self.dropout(features))
         return self.logit_norm(logits) if self.logit_norm is not None else logits
 
     def forward_from_trunk(self, tokens: torch.Tensor) -> torch.Tensor:
