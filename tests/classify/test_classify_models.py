@@ -95,6 +95,9 @@ def test_linear_probe_trains_only_its_head_and_keeps_the_encoder_in_eval_mode():
     assert model.head.weight.grad is not None
     names = [name for group in model.param_groups(0.05, 1e-3) for name in group["param_names"]]
     assert sorted(names) == ["head.bias", "head.weight"]
+    # MAE's linear-probe recipe: standardised (BatchNorm, no affine) features; off for fine-tuning.
+    assert model.feature_norm is not None and not model.feature_norm.affine
+    assert tiny_classifier("finetune").feature_norm is None
 
 
 def test_label_embeddings_are_a_saved_buffer_and_loading_needs_no_text_encoder(tmp_path, monkeypatch):
