@@ -124,7 +124,7 @@ def test_meteor_values(meteor):
 
 @pytest.mark.realdata
 def test_normalisation_agrees_with_the_tokenizer_on_iu_reports(shared_data_dir):
-    from cxrfm.data.tokenizers import clean_report_english
+    from cxrfm.text import clean_report_english
 
     annotation = json.loads((shared_data_dir / "iu_xray" / "annotation.json").read_text())
     reports = [entry["report"] for entry in annotation["test"]]

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from cxrfm.data.tokenizers import ReportTokenizer, TokenizerConfig
+from cxrfm.models.report.tokenizer import ReportTokenizer, TokenizerConfig
 from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.report.memory import ConditionalLayerNorm, RelationalMemory
 from cxrfm.models.report.r2gen import (

@@ -7,14 +7,9 @@ import json
 import pytest
 import torch
 
-from cxrfm.data.tokenizers import (
-    SPECIAL_TOKENS,
-    ReportTokenizer,
-    TokenizerConfig,
-    clean_report_chinese,
-    clean_report_english,
-    read_r2gen_reports,
-)
+from cxrfm.data.iu_xray import read_r2gen_reports
+from cxrfm.models.report.tokenizer import SPECIAL_TOKENS, ReportTokenizer, TokenizerConfig
+from cxrfm.text import clean_report_chinese, clean_report_english
 from cxrfm.errors import CheckpointError, DatasetError
 
 TRAIN = [

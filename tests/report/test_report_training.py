@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from cxrfm.config import load_config
 from cxrfm.configs import resolve_config_path
 from cxrfm.data.phantom import PhantomDataset
-from cxrfm.data.tokenizers import ReportTokenizer
+from cxrfm.models.report.tokenizer import ReportTokenizer
 from cxrfm.errors import ConfigError
 from cxrfm.models.report import ReportGenerator
 from cxrfm.training.report import ReportTrainConfig, run_report_training

@@ -158,7 +158,7 @@ def pair_reports(predictions: list[dict], references: dict[str, str], source: st
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from cxrfm.data.tokenizers import ReportTokenizer
+    from cxrfm.models.report.tokenizer import ReportTokenizer
     from cxrfm.errors import ConfigError, DatasetError
     from cxrfm.training.report import metrics_table, score_reports
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -136,3 +137,21 @@ class IUXrayDataset(CXRDataset):
             split=normalise_split(split_key),
             meta=meta,
         )
+
+
+def read_r2gen_reports(annotation_path: str | Path, split: str = "train") -> list[str]:
+    """The ``report`` strings of one split of an R2Gen ``annotation.json`` (e.g. IU-Xray's 2,069 train)."""
+    path = Path(annotation_path)
+    try:
+        annotation = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DatasetError(path, "annotation file not found") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DatasetError(path, f"not valid JSON: {exc}") from None
+    if not isinstance(annotation, dict) or split not in annotation:
+        known = sorted(annotation) if isinstance(annotation, dict) else "?"
+        raise DatasetError(path, f"no split {split!r} (has {known})")
+    try:
+        return [str(entry["report"]) for entry in annotation[split]]
+    except (KeyError, TypeError) as exc:
+        raise DatasetError(path, f"split {split!r} entry without a 'report': {exc}") from None

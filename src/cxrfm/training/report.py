@@ -43,7 +43,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from cxrfm.data.sample import CXRSample
-from cxrfm.data.tokenizers import ReportTokenizer, TokenizerConfig
+from cxrfm.models.report.tokenizer import ReportTokenizer, TokenizerConfig
 from cxrfm.errors import ConfigError, DatasetError
 from cxrfm.training.loop import BEST_DIR, BaseTask, StepContext, TrainConfig, Trainer, TrainResult
 from cxrfm.training.pretrain import CachedDataset

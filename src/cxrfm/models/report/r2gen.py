@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cxrfm.data.tokenizers import TOKENIZER_NAME, ReportTokenizer
+from cxrfm.models.report.tokenizer import TOKENIZER_NAME, ReportTokenizer
 from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.pretrained import (
     config_from_record,

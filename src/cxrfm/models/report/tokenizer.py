@@ -1,26 +1,6 @@
 """Word-level report tokenisers: R2Gen's English rules and a Chinese character / jieba-word variant.
 
-English normalisation (R2Gen ``Tokenizer.clean_report_iu_xray``, reproduced rule by rule):
-
-1. ``..`` -> ``.`` (three times, so runs of up to 8 dots collapse); the list numbering ``1. `` is
-   deleted and ``. 2. ``, ``. 3. ``, ``. 4. ``, ``. 5. `` and `` 2. `` ... `` 5. `` become ``. ``.
-2. Strip, lowercase, split into sentences on ``". "``.
-3. In each sentence delete ``" / \\ '``, then every character of R2Gen's class
-   ``[.,?;*!%^&_+():-\\[\\]{}]`` -- note ``:-\\[`` in that class is a *range* from ``:`` to ``[``, so
-   ``;<=>?@`` and upper-case letters go too, while ``-``, ``#``, ``$`` and digits stay.
-4. Join the sentences with ``" . "`` and end with ``" ."``; words are the whitespace-split tokens,
-   so ``"."`` is a word (the sentence separator).
-
-One deliberate difference: R2Gen's filter ``if sent_cleaner(sent) != []`` compares a string with a
-list and never drops anything, so an empty sentence (``"Normal.. "``) leaves a doubled ``". ."``;
-here empty sentences are dropped.
-
-Chinese normalisation: NFKC (full-width Latin letters, digits and punctuation become ASCII),
-lowercase, split into sentences on ``。！？；!?;`` and line breaks, replace punctuation and symbols
-(Unicode categories P* and S*) inside each sentence by spaces, then cut each sentence into characters
-(``chinese_unit="char"``: every CJK character is a token, a run of Latin letters/digits is one
-token) or jieba words (``"word"``; jieba's bundled dictionary, HMM on), and join sentences with
-``" 。 "``. Text is always returned space-separated, which is what the n-gram metrics expect.
+The normalisation rules live in :mod:`cxrfm.text` (shared with the NLG metrics).
 
 Vocabulary (built from *training* reports only): ``<pad>`` 0, ``<bos>`` 1, ``<eos>`` 2, ``<unk>`` 3,
 then every word seen at least ``min_frequency`` times (R2Gen: 3 for IU-Xray, 10 for MIMIC-CXR),
@@ -33,8 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -44,7 +22,8 @@ from typing import Literal
 import torch
 
 from cxrfm.config import from_dict, to_dict
-from cxrfm.errors import CheckpointError, ConfigError, DatasetError
+from cxrfm.errors import CheckpointError, ConfigError
+from cxrfm.text import clean_report_chinese, clean_report_english
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +31,6 @@ TOKENIZER_NAME = "tokenizer.json"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
 
-# R2Gen's sentence cleaner, verbatim (see the module docstring for what the ":-\[" range removes).
-_R2GEN_PUNCTUATION = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
-_CHINESE_SENTENCE_END = re.compile(r"[。！？；!?;\n\r]+")
-_LATIN_RUN_OR_CHAR = re.compile(r"[a-z0-9]+|\S")
 
 
 @dataclass
@@ -72,59 +47,6 @@ class TokenizerConfig:
             raise ValueError(f"min_frequency must be >= 1, got {self.min_frequency}")
         if self.max_length < 2:
             raise ValueError(f"max_length must leave room for <bos> and one token, got {self.max_length}")
-
-
-def clean_report_english(report: str) -> str:
-    """R2Gen's IU-Xray normalisation.
-
-    ``"Heart size normal. No effusion."`` -> ``"heart size normal . no effusion ."``.
-    """
-    text = report.replace("..", ".").replace("..", ".").replace("..", ".").replace("1. ", "")
-    for number in "2345":
-        text = text.replace(f". {number}. ", ". ")
-    for number in "2345":
-        text = text.replace(f" {number}. ", ". ")
-    sentences = []
-    for sentence in text.strip().lower().split(". "):
-        for character in ('"', "/", "\\", "'"):
-            sentence = sentence.replace(character, "")
-        sentence = _R2GEN_PUNCTUATION.sub("", sentence.strip().lower())
-        sentence = " ".join(sentence.split())
-        if sentence:
-            sentences.append(sentence)
-    return " . ".join(sentences) + " ." if sentences else ""
-
-
-def clean_report_chinese(report: str, unit: Literal["char", "word"] = "char") -> str:
-    """Chinese normalisation (module docstring).
-
-    ``"两肺纹理清晰。心影不大。"`` -> ``"两 肺 纹 理 清 晰 。 心 影 不 大 。"`` (``unit="char"``).
-    """
-    text = unicodedata.normalize("NFKC", report).lower()
-    sentences = []
-    for sentence in _CHINESE_SENTENCE_END.split(text):
-        # Punctuation and symbols go; letters, digits, CJK characters and spaces stay.
-        kept = "".join(" " if unicodedata.category(c)[0] in "PS" else c for c in sentence)
-        words = _segment_chinese(kept, unit)
-        if words:
-            sentences.append(" ".join(words))
-    return " 。 ".join(sentences) + " 。" if sentences else ""
-
-
-def _segment_chinese(sentence: str, unit: str) -> list[str]:
-    if unit == "char":
-        return _LATIN_RUN_OR_CHAR.findall(sentence)
-    return [word for word in _jieba().lcut(sentence, HMM=True) if word.strip()]
-
-
-def _jieba():
-    try:
-        import jieba
-    except ImportError as exc:  # an optional dependency (extra "report")
-        raise ConfigError("tokenizer.chinese_unit", "'word' needs jieba (pip install jieba)") from exc
-    # jieba announces its dictionary build on stderr at INFO; keep library output quiet.
-    jieba.setLogLevel(logging.WARNING)
-    return jieba
 
 
 class ReportTokenizer:
@@ -242,21 +164,3 @@ def clean_report(report: str, config: TokenizerConfig) -> str:
     if config.language == "en":
         return clean_report_english(report)
     return clean_report_chinese(report, config.chinese_unit)
-
-
-def read_r2gen_reports(annotation_path: str | Path, split: str = "train") -> list[str]:
-    """The ``report`` strings of one split of an R2Gen ``annotation.json`` (e.g. IU-Xray's 2,069 train)."""
-    path = Path(annotation_path)
-    try:
-        annotation = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DatasetError(path, "annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DatasetError(path, f"not valid JSON: {exc}") from None
-    if not isinstance(annotation, dict) or split not in annotation:
-        known = sorted(annotation) if isinstance(annotation, dict) else "?"
-        raise DatasetError(path, f"no split {split!r} (has {known})")
-    try:
-        return [str(entry["report"]) for entry in annotation[split]]
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(path, f"split {split!r} entry without a 'report': {exc}") from None
