@@ -31,7 +31,7 @@ import torch
 
 from cxrfm.config import load_config
 from cxrfm.configs import resolve_config_path
-from cxrfm.training.classify import ClassifyConfig, run_classification
+from cxrfm.recipes.classify import ClassifyConfig, run_classification
 from cxrfm.utils import configure_logging
 
 log = logging.getLogger("benchmarks.classify_covid")
@@ -66,8 +66,8 @@ def _run(args, out: Path, encoder_name: str, folder: str | None, method: str, fr
     run_dir = out / encoder_name.replace(" ", "_").replace("(", "").replace(")", "") / f"{method}-{fraction:g}-seed{seed}"
     shutil.rmtree(run_dir, ignore_errors=True)
     overrides = [
-        f"train.output_dir={run_dir}", f"data.root={args.root}", f"data.label_fraction={fraction}",
-        f"train.seed={seed}", f"data.subset_seed={seed}", f"evaluation.bootstrap={args.bootstrap}",
+        f"train.output_dir={run_dir}", f"data.root={args.root}", f"labels.fraction={fraction}",
+        f"train.seed={seed}", f"labels.subset_seed={seed}", f"evaluation.bootstrap={args.bootstrap}",
         f"model.encoder_weights={folder if folder else 'null'}", "train.progress_bar=false",
         *METHOD_OVERRIDES[method],
     ]

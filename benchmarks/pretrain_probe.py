@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cxrfm.data.registry import build_dataset
+from cxrfm.data.registry import DatasetSpec, build_dataset
 from cxrfm.models.vit import VisionTransformer
 from cxrfm.utils import configure_logging, seed_everything
 
@@ -70,8 +70,10 @@ def write_segmenter_masks(segmenter_dir: Path, data_root: Path, out: Path, thres
 
     segmenter = LungSegmenter.from_pretrained(segmenter_dir).eval()
     sources = {
-        "openist": build_dataset("openist", data_root / "lung_seg_openist", split="train"),
-        "covid": build_dataset("covid", data_root / "covid_chestxray", split="train", views=FRONTAL_VIEWS, mask_source=None),
+        "openist": build_dataset(DatasetSpec(kind="openist", root=str(data_root / "lung_seg_openist")), "train"),
+        "covid": build_dataset(
+            DatasetSpec(kind="covid", root=str(data_root / "covid_chestxray"), options={"views": FRONTAL_VIEWS, "mask_source": None}), "train"
+        ),
     }
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -114,9 +116,8 @@ class ProbeData:
 
 def load_probe_split(data_root: Path, split: str, image_size: tuple[int, int]) -> ProbeData:
     """The frontal covid_chestxray images of ``split`` at ``image_size`` (padded), coarse labels."""
-    dataset = build_dataset(
-        "covid", data_root / "covid_chestxray", split=split, image_size=image_size, views=FRONTAL_VIEWS, mask_source=None, label_set="coarse"
-    )
+    options = {"views": FRONTAL_VIEWS, "mask_source": None, "label_set": "coarse"}
+    dataset = build_dataset(DatasetSpec(kind="covid", root=str(data_root / "covid_chestxray"), options=options), split, image_size)
     if tuple(dataset.label_names) != CLASS_NAMES:
         raise ValueError(f"unexpected coarse label order {dataset.label_names}")
     samples = [dataset[index] for index in range(len(dataset))]

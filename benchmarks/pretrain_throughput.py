@@ -38,8 +38,10 @@ from torch.utils.data import DataLoader
 from cxrfm.config import from_dict
 from cxrfm.data.sample import collate_samples
 from cxrfm.models import mae_flops_per_image
-from cxrfm.training.loop import StepContext, Trainer
-from cxrfm.training.pretrain import MAEPretrainTask, PretrainConfig, build_model, build_model_config
+from cxrfm.training.contract import StepContext
+from cxrfm.training.loop import Trainer
+from cxrfm.training.tasks.mae import MAEPretrainTask
+from cxrfm.recipes.pretrain import PretrainConfig, build_model, build_model_config, build_region_provider, build_task
 
 log = logging.getLogger("pretrain_throughput")
 
@@ -115,6 +117,10 @@ class _BenchmarkTask(MAEPretrainTask):
     on_figure = None
     on_train_end = None
 
+    @classmethod
+    def of(cls, config: PretrainConfig) -> "_BenchmarkTask":
+        return cls(config.masking, build_region_provider(config.masking), augment=config.augment, figures=config.figures)
+
 
 def measure_loader(shards: Path, batch_size: int, workers: int, batches: int) -> float:
     from cxrfm.data.shards import ShardDataset
@@ -137,11 +143,11 @@ def measure_loader(shards: Path, batch_size: int, workers: int, batches: int) ->
 def measure_model(config: PretrainConfig, shards: Path, steps: int, warmup: int) -> float:
     """Train on one on-device batch: the compute rate with no data loading."""
     from cxrfm.data.shards import ShardDataset
-    from cxrfm.training.distributed import resolve_device
+    from cxrfm.utils import resolve_device
 
     device = resolve_device(config.train.device)
     model = build_model(config.model).to(device)
-    task = _BenchmarkTask(config)
+    task = _BenchmarkTask.of(config)
     samples = []
     for sample in ShardDataset(shards):
         samples.append(sample)
@@ -180,7 +186,7 @@ def measure_e2e(config: PretrainConfig, shards: Path, steps: int, warmup: int) -
     config.train.max_steps = warmup + steps
     model = build_model(config.model)
     dataset = ShardDataset(shards, shuffle=True, seed=0)
-    result = Trainer(model, _BenchmarkTask(config), dataset, config.train, run_config=config).fit()
+    result = Trainer(model, _BenchmarkTask.of(config), dataset, config.train, run_config=config).fit()
     step_times = [config.train.batch_size / record["images_per_s"] for record in result.history[warmup:]]
     return len(step_times) * config.train.batch_size / sum(step_times)
 
@@ -195,7 +201,7 @@ def run_preset(args: argparse.Namespace, preset: str, work_dir: Path) -> Rates:
     num_images = args.num_images or args.batch_size * (args.steps + args.warmup_steps + 1)
     shards = write_phantom_shards(work_dir / f"shards-{preset}-{args.encoding}", num_images, size, args.encoding, args.num_workers)
     config = _pretrain_config(preset, args.batch_size, device, precision, args.compile, args.num_workers, work_dir / f"run-{preset}")
-    task = MAEPretrainTask(config)
+    task = build_task(config)
     num_patches = model_config.encoder.num_patches
     num_keep = task.masker.num_keep(num_patches)
     peak = args.peak_tflops if args.peak_tflops is not None else _default_peak(device)

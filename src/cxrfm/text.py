@@ -21,6 +21,13 @@ and S*) inside each sentence by spaces, then cut each sentence into characters (
 every CJK character is a token, a run of Latin letters/digits is one token) or jieba words
 (``"word"``; jieba's bundled dictionary, HMM on), and join sentences with ``" 。 "``. Text is always
 returned space-separated, which is what the n-gram metrics expect.
+
+:func:`normalize_report` is what the NLG metrics apply to predictions and references: English is
+:func:`clean_report_english`, Chinese is :func:`clean_report_chinese` with ``unit="char"``. Both
+are idempotent, so text that already went through the tokenizer (char mode) is left exactly as it
+is and its scores do not change, while raw text scores as if it had been cleaned first (no ``"1"``
+tokens from list numbering, no unsegmented Chinese clauses). Text cut into jieba words is re-cut
+into characters, i.e. Chinese is always scored per character.
 """
 
 from __future__ import annotations
@@ -73,6 +80,21 @@ def clean_report_chinese(report: str, unit: Literal["char", "word"] = "char") ->
         if words:
             sentences.append(" ".join(words))
     return " 。 ".join(sentences) + " 。" if sentences else ""
+
+
+def normalize_report(text: str, language: str = "en") -> str:
+    """The one normalisation of report text before scoring (module docstring); ``language`` "en" or "zh".
+
+    Raises:
+        ConfigError: an unknown ``language``.
+    """
+    if language == "en":
+        return clean_report_english(text)
+    if language == "zh":
+        # "char", not "word": character cutting is idempotent on char-tokenised and on raw text and
+        # needs no optional dependency.
+        return clean_report_chinese(text, "char")
+    raise ConfigError("language", f"unknown language {language!r} (use 'en' or 'zh')")
 
 
 def _segment_chinese(sentence: str, unit: str) -> list[str]:

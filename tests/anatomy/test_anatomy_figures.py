@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cxrfm.anatomy.figures import save_contour_overlays
+from cxrfm.figures.contours import save_contour_overlays
 
 
 def _batch():

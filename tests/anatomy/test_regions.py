@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cxrfm.anatomy.regions import ChestRegionProvider, patch_inside_fraction, reference_rectangle_mask
+from cxrfm.anatomy.regions import ChestRegionProvider
+from cxrfm.utils.patch_grid import patch_inside_fraction, reference_rectangle_mask
 from cxrfm.anatomy.segmenter import LungSegmenter, LungSegmenterConfig
 
 

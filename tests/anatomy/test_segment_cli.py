@@ -59,7 +59,7 @@ def test_train_from_the_command_line(tmp_path, monkeypatch):
     if not hasattr(phantom, "PhantomDataset"):
         pytest.skip("PhantomDataset not available")
     code = main(["segment", "train", "--set", f"output_dir={tmp_path}", "--set", "run_name=tiny",
-                 "--set", "train.epochs=1", "--set", "data.num_phantoms=8", "--set", "train.progress=false"])
+                 "--set", "train.epochs=1", "--set", "data.num_samples={train: 8, val: 8}", "--set", "train.progress=false"])
     assert code == 0
     assert (tmp_path / "tiny" / "model.safetensors").is_file()
     assert LungSegmenter.from_pretrained(tmp_path / "tiny").config.input_size == (64, 64)

@@ -12,20 +12,9 @@ from cxrfm.configs import resolve_config_path
 from cxrfm.data.sample import collate_samples
 from cxrfm.errors import ConfigError
 from cxrfm.training.checkpoint import latest_checkpoint
-from cxrfm.training.segmentation import (
-    AUGMENT_UNIFORMS,
-    AugmentConfig,
-    LetterboxedPairs,
-    SegmenterOptimConfig,
-    SegmenterTrainConfig,
-    augment_batch,
-    dice_bce_loss,
-    random_affine,
-    train_segmenter,
-    trainer_config,
-    valid_area,
-    validation_dice,
-)
+from cxrfm.training.augment import AUGMENT_UNIFORMS, AffineAugmentSection, augment_batch, random_affine
+from cxrfm.training.tasks.segmentation import LetterboxedPairs, dice_bce_loss, valid_area, validation_dice
+from cxrfm.recipes.segmenter import SegmenterOptimConfig, SegmenterTrainConfig, train_segmenter, trainer_config
 
 
 def _ellipse_pairs(count: int, size=(64, 64), seed: int = 0):
@@ -62,7 +51,7 @@ def _records(run_dir, key):
 
 def test_affine_moves_image_and_mask_together():
     images, masks, valid = _letterboxed_batch(_ellipse_pairs(4))
-    no_intensity = AugmentConfig(gamma_log_range=0, contrast_range=0, brightness_range=0)
+    no_intensity = AffineAugmentSection(gamma_log_range=0, contrast_range=0, brightness_range=0)
     augmented_images, augmented_masks = augment_batch(images, masks, valid, no_intensity, _uniforms(4, seed=1))
     assert augmented_masks.shape == masks.shape and set(augmented_masks.unique().tolist()) <= {0.0, 1.0}
     # The lungs are the dark pixels inside the bright body: they must still sit under the warped mask.
@@ -74,16 +63,16 @@ def test_affine_moves_image_and_mask_together():
 
 def test_identity_affine_changes_nothing_and_never_flips():
     stack = torch.rand(2, 2, 32, 32)
-    identity = AugmentConfig(scale=(1.0, 1.0), rotation_degrees=0.0, shift_fraction=0.0)
+    identity = AffineAugmentSection(scale=(1.0, 1.0), rotation_degrees=0.0, shift_fraction=0.0)
     out = random_affine(stack, identity, _uniforms(2, seed=0))
     torch.testing.assert_close(out, stack, atol=1e-5, rtol=0)
 
 
 def test_augmentation_is_a_function_of_the_uniforms():
     images, masks, valid = _letterboxed_batch(_ellipse_pairs(3))
-    first = augment_batch(images, masks, valid, AugmentConfig(), _uniforms(3, seed=7))
-    second = augment_batch(images, masks, valid, AugmentConfig(), _uniforms(3, seed=7))
-    other = augment_batch(images, masks, valid, AugmentConfig(), _uniforms(3, seed=8))
+    first = augment_batch(images, masks, valid, AffineAugmentSection(), _uniforms(3, seed=7))
+    second = augment_batch(images, masks, valid, AffineAugmentSection(), _uniforms(3, seed=7))
+    other = augment_batch(images, masks, valid, AffineAugmentSection(), _uniforms(3, seed=8))
     assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
     assert not torch.equal(first[0], other[0])
 
@@ -93,7 +82,7 @@ def test_intensity_changes_leave_the_letterbox_padding_black():
     image = torch.full((1, 32, 64), 0.6)
     images, masks, valid = _letterboxed_batch([(image, torch.zeros_like(image))])
     assert valid[0, 0, :16].sum() == 0 and valid[0, 0, 16:48].all()
-    fixed_geometry = AugmentConfig(scale=(1.0, 1.0), rotation_degrees=0.0, shift_fraction=0.0, brightness_range=0.3)
+    fixed_geometry = AffineAugmentSection(scale=(1.0, 1.0), rotation_degrees=0.0, shift_fraction=0.0, brightness_range=0.3)
     augmented, _ = augment_batch(images, masks, valid, fixed_geometry, torch.full((1, AUGMENT_UNIFORMS), 0.99))
     assert augmented[0, 0, :16].abs().max() < 1e-4 and augmented[0, 0, 48:].abs().max() < 1e-4
     # Inside: gamma exp(0.98 * 0.35) darkens the flat 0.6, brightness adds 0.98 * 0.3 (contrast has no effect on a flat image).
@@ -134,7 +123,7 @@ def test_shipped_configs_and_embedded_default_load():
     assert overridden.model.input_size == (32, 48) and overridden.train.epochs == 2
     demo = yaml.safe_load(resolve_config_path("demo").read_text())["segmenter"]
     demo_config = from_dict(SegmenterTrainConfig, demo)
-    assert demo_config.data.num_phantoms == 96 and demo_config.train.epochs == 6
+    assert demo_config.data.count("train") == 96 and demo_config.data.count("val") == 24 and demo_config.train.epochs == 6
 
 
 def _tiny_config(**train) -> SegmenterTrainConfig:
@@ -178,7 +167,7 @@ def test_phantom_run_learns_and_writes_loadable_best_weights(tmp_path):
 
 
 def test_a_crashed_run_resumes_to_the_same_best_weights(tmp_path, monkeypatch):
-    from cxrfm.training.segmentation import SegmentationTask
+    from cxrfm.training.tasks.segmentation import SegmentationTask
 
     config = _tiny_config(epochs=4, checkpoint_every_epochs=2)
     pairs, val_pairs = _ellipse_pairs(16), _ellipse_pairs(4, seed=1)
@@ -207,5 +196,5 @@ def test_a_crashed_run_resumes_to_the_same_best_weights(tmp_path, monkeypatch):
 def test_too_few_pairs_for_one_batch_or_no_validation_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         train_segmenter(_tiny_config(), tmp_path / "small", _ellipse_pairs(3), _ellipse_pairs(2, seed=1))
-    with pytest.raises(ConfigError, match="val_split"):
+    with pytest.raises(ConfigError, match="data.splits.*no validation pairs"):
         train_segmenter(_tiny_config(), tmp_path / "no-val", _ellipse_pairs(8), [])

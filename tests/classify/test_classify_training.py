@@ -14,13 +14,8 @@ import torch
 from cxrfm.config import from_dict
 from cxrfm.evaluation.classification import best_f1_thresholds
 from cxrfm.models.classify import load_classifier
-from cxrfm.training.classify import (
-    ClassifyConfig,
-    build_classification_data,
-    load_thresholds,
-    predict_dataset,
-    run_classification,
-)
+from cxrfm.recipes.classify import ClassifyConfig, build_classification_data, run_classification
+from cxrfm.pipelines.classification import load_thresholds, predict_dataset
 
 LABELS = ["Cardiomegaly", "Pleural Effusion", "No Finding"]
 
@@ -28,9 +23,9 @@ LABELS = ["Cardiomegaly", "Pleural Effusion", "No Finding"]
 def tiny_config(output_dir, **train) -> ClassifyConfig:
     return from_dict(ClassifyConfig, {
         "model": {"kind": "vtb", "encoder_preset": "vit-tiny-cpu", "encoder_overrides": {"depth": 2},
-                  "label_embedding": "learned", "logit_batchnorm": True},
-        "data": {"kind": "phantom", "image_size": [64, 64], "labels": LABELS,
-                 "num_samples": {"train": 64, "val": 32, "test": 24},
+                  "label_embedding": "learned", "logit_batchnorm": True, "image_size": [64, 64]},
+        "labels": {"names": LABELS},
+        "data": {"kind": "phantom", "cache": True, "num_samples": {"train": 64, "val": 32, "test": 24},
                  "options": {"finding_probs": {"Cardiomegaly": 0.4, "Pleural Effusion": 0.4}}},
         "evaluation": {"bootstrap": 100, "heatmap_images": 2, "batch_size": 32},
         "train": {"output_dir": str(output_dir), "max_steps": 40, "batch_size": 16, "lr": 2e-3, "warmup_steps": 4,
@@ -71,7 +66,7 @@ def test_weights_and_thresholds_are_selected_on_validation(phantom_run):
     best = max(validations, key=lambda r: r["val/mean_auroc"])  # first maximum wins ties
     assert result.best_step == best["step"]
     model = load_classifier(result.model_dir)
-    data = build_classification_data(config.data, (64, 64))
+    data = build_classification_data(config.data, config.labels, (64, 64))
     probabilities, labels = predict_dataset(model, data.val)
     from cxrfm.evaluation.classification import auroc_per_label
 
@@ -83,9 +78,10 @@ def test_weights_and_thresholds_are_selected_on_validation(phantom_run):
 
 def test_a_small_label_fraction_trains_on_a_nested_stratified_subset(tmp_path):
     config = tiny_config(tmp_path / "one-percent", max_steps=2, validate_every=1)
-    config.data.label_fraction = 0.05  # 3 of 64 images, plus a positive for each label lacking one
-    full = build_classification_data(tiny_config(tmp_path / "x").data, (64, 64))
-    small = build_classification_data(config.data, (64, 64))
+    config.labels.fraction = 0.05  # 3 of 64 images, plus a positive for each label lacking one
+    full_config = tiny_config(tmp_path / "x")
+    full = build_classification_data(full_config.data, full_config.labels, (64, 64))
+    small = build_classification_data(config.data, config.labels, (64, 64))
     assert set(small.subset_indices) <= set(full.subset_indices) and len(full.subset_indices) == 64
     assert 3 <= len(small.train) <= 3 + len(LABELS)
     subset_labels = np.stack([small.train[i].labels.numpy() for i in range(len(small.train))])
@@ -133,7 +129,7 @@ def test_cli_train_runs_a_shipped_config_with_overrides(tmp_path):
     run_dir = tmp_path / "cli-run"
     code = _cli("train", "--config", "classify-tiny-phantom", "--set", f"train.output_dir={run_dir}",
                 "--set", "train.max_steps=2", "--set", "train.validate_every=1", "--set", "model.label_embedding=learned",
-                "--set", "data.num_samples={train: 16, val: 8, test: 8}", "--set", "data.image_size=[64, 64]",
+                "--set", "data.num_samples={train: 16, val: 8, test: 8}", "--set", "model.image_size=[64, 64]",
                 "--set", "evaluation.bootstrap=10", "--set", "evaluation.heatmap_images=0", "--set", "train.progress_bar=false")
     assert code == 0 and (run_dir / "model" / "thresholds.json").is_file()
 
@@ -142,7 +138,7 @@ def test_cli_train_runs_a_shipped_config_with_overrides(tmp_path):
 def test_evaluate_on_the_covid_test_split_uses_the_saved_dataset_options(shared_data_dir, tmp_path, capsys):
     from cxrfm.models.classify import ClassifierConfig, build_classifier
     from cxrfm.models.vit import vit_config
-    from cxrfm.training.classify import save_classifier
+    from cxrfm.pipelines.classification import save_classifier
 
     torch.manual_seed(0)
     labels = ("COVID-19", "Other Pneumonia", "No Finding")
@@ -163,7 +159,7 @@ def test_cached_trunk_tokens_train_exactly_like_images(tmp_path):
     for cached in (True, False):
         config = tiny_config(tmp_path / f"cached-{cached}", max_steps=4, validate_every=2)
         config.model.kind = "linear_probe"
-        config.data.precompute_trunk = cached
+        config.model.precompute_trunk = cached
         config.evaluation.heatmap_images = 0
         store: dict = {}
         result = run_classification(config, token_store=store)
@@ -174,9 +170,9 @@ def test_cached_trunk_tokens_train_exactly_like_images(tmp_path):
 
 
 def test_demo_stage_trains_on_phantoms_and_reports_its_table_and_heatmaps(tmp_path):
-    from cxrfm.training.classify import run_classify_demo
+    from cxrfm.recipes.demo import run_classify_demo
 
-    shrink = ["train.max_steps=3", "train.validate_every=3", "model.label_embedding=learned", "data.image_size=[64, 64]",
+    shrink = ["train.max_steps=3", "train.validate_every=3", "model.label_embedding=learned", "model.image_size=[64, 64]",
               "data.num_samples={train: 16, val: 12, test: 12}", "evaluation.bootstrap=20", "evaluation.heatmap_images=2"]
     summary = run_classify_demo(tmp_path / "classify", None, seed=1, overrides=shrink)
     assert summary["encoder"] == "random init" and summary["steps"] == 3

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from cxrfm.models.classify import ClassifierConfig, build_classifier, weighted_bce
-from cxrfm.models.classify.explain import label_heatmaps, pooled_gradcam, save_heatmap_figure, vtb_attention_rollout
+from cxrfm.figures.heatmaps import save_heatmap_figure
+from cxrfm.models.classify.explain import label_heatmaps, pooled_gradcam, vtb_attention_rollout
 from cxrfm.models.vit import vit_config
 
 GRID = 4  # 32x32 images, 8x8 patches

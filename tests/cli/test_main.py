@@ -34,9 +34,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     out = tmp_path / "demo"
     overrides = [
         "gallery_count=2", "hd_size=[320, 320]", "phantom_size=[128, 128]", "eval_phantoms=4",
-        "segmenter.data.num_phantoms=16", "segmenter.train.epochs=1", "segmenter.train.progress=false",
+        "segmenter.data.num_samples={train: 16, val: 8}", "segmenter.train.epochs=1", "segmenter.train.progress=false",
         "pretrain_overrides=[train.max_steps=6, train.figure_every=3, train.checkpoint_every=3, data.sources.phantom.num_samples=24]",
-        "report_overrides=[train.max_steps=4, data.num_train=16, data.num_val=4, data.num_test=4, evaluation.meteor=false]",
+        "report_overrides=[train.max_steps=4, data.num_samples.train=16, data.num_samples.val=4, data.num_samples.test=4, evaluation.meteor=false]",
     ]
     args = ["demo", "--out", str(out)]
     for override in overrides:

@@ -1,4 +1,4 @@
-"""The procedural chest phantom: determinism, geometry, findings, labels, dataset, figure."""
+"""The procedural chest phantom: determinism, geometry, findings, labels, dataset."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ from cxrfm.data.phantom import (
     PhantomDataset,
     generate_phantom,
     resolve_findings,
-    save_phantom_gallery,
 )
-from cxrfm.data.phantom_reports import _IMPRESSION_NORMAL, _IMPRESSION_NORMAL_ZH
+from cxrfm.data.phantom.reports import _IMPRESSION_NORMAL, _IMPRESSION_NORMAL_ZH
 from cxrfm.data.sample import CXRSample, collate_samples
 from cxrfm.errors import ConfigError
 
@@ -217,7 +216,7 @@ def test_resolve_findings_validates_and_draws():
         generate_phantom(-1, SIZE)
 
 
-# --- dataset and figure ---------------------------------------------------------------------
+# --- dataset --------------------------------------------------------------------------------
 
 
 def test_dataset_returns_deterministic_samples():
@@ -248,15 +247,3 @@ def test_dataset_splits_do_not_overlap_and_chest_mask_option():
     chest = val[0]
     assert chest.lung_mask.sum() > torch.from_numpy(val.case(0).lung_mask).sum()
     assert chest.labels[FINDINGS.index("No Finding")] == 1
-
-
-def test_gallery_writes_an_image(tmp_path):
-    from PIL import Image
-
-    cases = [generate_phantom(s, (64, 64), findings=f) for s, f in ((1, None), (2, {"Pleural Effusion": 0.5}))]
-    path = save_phantom_gallery(cases, tmp_path / "figs" / "gallery.png")
-    with Image.open(path) as image:
-        assert image.size[0] > 300 and image.size[1] > 150
-        pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    # The orange lung contour is drawn.
-    assert ((pixels[..., 0] > 200) & (pixels[..., 2] < 80)).sum() > 50

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from cxrfm.data.phantom_reports import compose_report
+from cxrfm.data.phantom.reports import compose_report
 
 
 def report(findings, seed=0):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from cxrfm.cli.main import main
-from cxrfm.data import DATASETS, ImageFolderDataset, ShardDataset, build_dataset
+from cxrfm.data import ADAPTERS, DatasetSpec, ImageFolderDataset, ShardDataset, build_dataset
+from cxrfm.errors import ConfigError
 
 
 @pytest.fixture
@@ -54,11 +55,11 @@ def test_bad_dataset_folder_is_reported_without_traceback(tmp_path):
 def test_registry_knows_every_cli_choice(folder):
     from cxrfm.cli.shards import DATASET_KINDS
 
-    assert set(DATASET_KINDS) == set(DATASETS)
-    dataset = build_dataset("Folder", folder, split="val", image_size=[4, 4])
+    assert set(DATASET_KINDS) == set(ADAPTERS)
+    dataset = build_dataset(DatasetSpec(kind="Folder", root=str(folder)), "val", image_size=[4, 4])
     assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 1 and dataset[0].image.shape == (1, 4, 4)
-    with pytest.raises(ValueError, match="unknown dataset kind 'padchest'.*folder"):
-        build_dataset("padchest", folder)
+    with pytest.raises(ConfigError, match="unknown dataset kind 'padchest'.*folder"):
+        build_dataset(DatasetSpec(kind="padchest", root=str(folder)))
 
 
 def test_rsna_boxes_in_shards_follow_the_resize(tmp_path, write_dicom, make_ramp):

@@ -7,7 +7,7 @@ from collections import Counter
 import pytest
 import torch
 
-from cxrfm.data import CovidChestXrayDataset, IUXrayDataset, OpenISTLungDataset, build_dataset
+from cxrfm.data import CovidChestXrayDataset, DatasetSpec, IUXrayDataset, OpenISTLungDataset, build_dataset
 
 pytestmark = pytest.mark.realdata
 
@@ -58,9 +58,9 @@ def test_iu_xray_r2gen_split_without_images(shared_data_dir):
 
 
 def test_registry_builds_the_shared_sets(shared_data_dir):
-    dataset = build_dataset("openist", shared_data_dir / "lung_seg_openist", split="val", image_size=(16, 16))
+    dataset = build_dataset(DatasetSpec(kind="openist", root=str(shared_data_dir / "lung_seg_openist")), "val", image_size=(16, 16))
     assert len(dataset) == 23 and dataset[0].image.shape == (1, 16, 16)
-    iu = build_dataset("IU_Xray", shared_data_dir / "iu_xray", split="test", images_required=False)
+    iu = build_dataset(DatasetSpec(kind="IU_Xray", root=str(shared_data_dir / "iu_xray"), options={"images_required": False}), "test")
     assert len(iu) == 590
-    covid = build_dataset("covid", shared_data_dir / "covid_chestxray", split=["val", "test"])
+    covid = build_dataset(DatasetSpec(kind="covid", root=str(shared_data_dir / "covid_chestxray")), ["val", "test"])
     assert len(covid) == 171 and isinstance(covid[0].labels, torch.Tensor)

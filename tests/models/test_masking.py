@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from cxrfm.anatomy.regions import patch_inside_fraction, reference_rectangle_mask
+from cxrfm.utils.patch_grid import patch_inside_fraction, reference_rectangle_mask
 from cxrfm.models import masking
 from cxrfm.models.masking import ContextAwareMasker, MaskingResult, RandomMasker, random_masking
 
@@ -209,9 +209,12 @@ def test_patch_inside_fraction_pools_lung_masks():
         patch_inside_fraction(masks, (5, 4))
 
 
-def test_models_use_the_anatomy_definitions_of_patch_fractions_and_the_rectangle():
-    # One definition: the models' names are the anatomy functions (or a flattening of them).
-    assert masking.patch_inside_fraction is patch_inside_fraction
+def test_models_and_anatomy_share_one_definition_of_patch_fractions_and_the_rectangle():
+    # One definition (cxrfm.utils.patch_grid): anatomy re-exports it, the masker flattens it.
+    import cxrfm.anatomy
+
+    assert cxrfm.anatomy.patch_inside_fraction is patch_inside_fraction
+    assert cxrfm.anatomy.reference_rectangle_mask is reference_rectangle_mask
     assert masking.REFERENCE_INSIDE_FRACTION == 130 / 400
     for grid in ((20, 20), (16, 16), (40, 20), (7, 9)):
         assert torch.equal(masking.reference_chest_rectangle(grid), reference_rectangle_mask(grid).flatten())

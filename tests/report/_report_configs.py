@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from cxrfm.config import from_dict
-from cxrfm.training.report import ReportTrainConfig
+from cxrfm.recipes.report import ReportTrainConfig
 
 
 def tiny_report_config(output_dir, **sections) -> ReportTrainConfig:
@@ -17,7 +17,7 @@ def tiny_report_config(output_dir, **sections) -> ReportTrainConfig:
             "image_size": [32, 32],
         },
         "tokenizer": {"min_frequency": 1, "max_length": 40},
-        "data": {"kind": "phantom", "num_train": 24, "num_val": 4, "num_test": 4},
+        "data": {"kind": "phantom", "cache": True, "num_samples": {"train": 24, "val": 4, "test": 4}},
         "decoding": {"beam_size": 2, "batch_size": 8},
         "evaluation": {"val_metrics": ["BLEU-4"], "meteor": False},
         "encoder_lr": 1.0e-3,

@@ -11,7 +11,7 @@ from _report_configs import tiny_report_config
 @pytest.fixture(scope="session")
 def trained_report_run(tmp_path_factory):
     """One tiny English phantom run (test split scored), reused by several tests."""
-    from cxrfm.training.report import run_report_training
+    from cxrfm.recipes.report import run_report_training
 
     previous = torch.get_num_threads()
     try:

@@ -110,3 +110,67 @@ def test_agreement_with_iu_mesh_labels(shared_data_dir):
         tp = (predicted[:, i] & mesh[:, i]).sum()
         f1 = 2 * tp / (predicted[:, i].sum() + mesh[:, i].sum())
         assert f1 > 0.8, f"{name}: F1 {f1:.3f} against MeSH"
+
+
+def _assert_labels(report, expected):
+    labels = label_report(report)
+    for name in CHEXPERT_OBSERVATIONS:
+        want, got = expected.get(name, math.nan), labels[name]
+        assert (math.isnan(want) and math.isnan(got)) or got == want, f"{report!r} {name}: got {got}, want {want}"
+
+
+@pytest.mark.parametrize(
+    "report, expected",
+    [
+        ("Cardiomegaly is not excluded.", {"Cardiomegaly": U}),
+        ("Pneumonia is not ruled out.", {"Pneumonia": U}),
+        ("Pneumonia not excluded.", {"Pneumonia": U}),
+        ("Small effusion is not entirely excluded.", {"Pleural Effusion": U}),
+        ("Right basilar pneumonia has not been ruled out.", {"Pneumonia": U}),
+        ("Pneumothorax cannot be excluded.", {"Pneumothorax": U}),
+        # Still negative: "excluded" without a negator, and plain post-mention negation.
+        ("Pneumothorax is excluded.", {"Pneumothorax": N, "No Finding": P}),
+        ("Pneumothorax is not seen.", {"Pneumothorax": N, "No Finding": P}),
+        # The hedge belongs to pneumonia only.
+        ("Effusion is present and pneumonia is not excluded.", {"Pleural Effusion": P, "Pneumonia": U}),
+    ],
+)
+def test_not_excluded_after_the_mention_is_uncertain(report, expected):
+    # The uncertain verdict also keeps "No Finding" blank (no entry in expected = NaN).
+    _assert_labels(report, expected)
+
+
+@pytest.mark.parametrize(
+    "report",
+    [
+        "No change in bilateral pleural effusions.",
+        "No interval change in bilateral pleural effusions.",
+        "No significant interval change in bilateral pleural effusions.",
+        "No significant appreciable interval change in bilateral pleural effusions.",
+        "Without significant interval change in bilateral pleural effusions.",
+        "Bilateral pleural effusions, not significantly changed.",
+    ],
+)
+def test_pseudo_negation_allows_any_run_of_change_modifiers(report):
+    _assert_labels(report, {"Pleural Effusion": P})
+
+
+def test_pseudo_negation_still_leaves_real_negation_alone():
+    # A finding word between "no" and "change" is negated, not skipped as a modifier.
+    _assert_labels("No effusion or change in the heart.", {"Pleural Effusion": N, "No Finding": P})
+
+
+@pytest.mark.parametrize(
+    "report, expected",
+    [
+        ("Small left pleural effusion, if present.", {"Pleural Effusion": U}),
+        ("Small left pleural effusion if present.", {"Pleural Effusion": U}),
+        ("Minimal bibasilar atelectasis, if any.", {"Atelectasis": U}),
+        # Negation wins: "if any" doubts the finding's existence, which the "no" already denies.
+        ("No large effusion, if any.", {"Pleural Effusion": N, "No Finding": P}),
+        # The hedge covers the phrase it follows, not an earlier one set off by a comma.
+        ("Mild cardiomegaly, trace effusion, if any.", {"Cardiomegaly": P, "Pleural Effusion": U}),
+    ],
+)
+def test_if_present_and_if_any_are_uncertainty_cues(report, expected):
+    _assert_labels(report, expected)

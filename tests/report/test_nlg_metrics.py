@@ -116,10 +116,54 @@ def test_meteor_values(meteor):
     assert same["METEOR"] == pytest.approx(1.0, abs=1e-3)
     disjoint = compute_nlg_metrics(["a b c ."], ["x y z ."], metrics=["METEOR"], meteor=meteor, normalize=False)
     assert disjoint["METEOR"] < 0.3
-    # Same numbers as pycocoevalcap's own METEOR call on the same dicts.
-    gts = {i: [r] for i, r in enumerate(REFERENCES)}
-    res = {i: [p] for i, p in enumerate(PREDICTIONS)}
-    assert scores["METEOR"] == pytest.approx(meteor.compute_score(gts, res)[0])
+
+
+# Raw reports with R2Gen's list numbering: normalisation must remove "1." / "2." before scoring.
+RAW_PREDICTIONS = ["1. The heart is normal in size.. 2. The lungs are clear.", "No pleural effusion or pneumothorax."]
+RAW_REFERENCES = ["1. Heart size is normal. 2. Lungs are clear..", "1. There is no pleural effusion. 2. No pneumothorax."]
+
+
+@needs_java
+def test_meteor_matches_a_direct_pycocoevalcap_meteor_call(meteor):
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    from cxrfm.text import clean_report_english
+
+    # The reference side: pycocoevalcap's own scorer (its own Java process) on the tokenizer's cleaning.
+    gts = {i: [clean_report_english(r)] for i, r in enumerate(RAW_REFERENCES)}
+    res = {i: [clean_report_english(p)] for i, p in enumerate(RAW_PREDICTIONS)}
+    direct = Meteor()
+    try:
+        expected, expected_each = direct.compute_score(gts, res)
+    finally:
+        with direct.lock:
+            direct.meteor_p.stdin.close()
+            direct.meteor_p.kill()
+            direct.meteor_p.wait()
+    ours, each = compute_nlg_metrics(RAW_PREDICTIONS, RAW_REFERENCES, metrics=["METEOR"], meteor=meteor, per_report=True)
+    assert ours["METEOR"] == pytest.approx(expected, abs=1e-9)
+    assert each["METEOR"] == pytest.approx(expected_each, abs=1e-9)
+
+
+def test_scoring_raw_numbered_text_equals_scoring_cleaned_text():
+    from cxrfm.text import clean_report_english
+
+    metrics = ["BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"]
+    raw = compute_nlg_metrics(RAW_PREDICTIONS, RAW_REFERENCES, metrics=metrics)
+    cleaned = compute_nlg_metrics(
+        [clean_report_english(p) for p in RAW_PREDICTIONS], [clean_report_english(r) for r in RAW_REFERENCES],
+        metrics=metrics, normalize=False,
+    )
+    assert raw == pytest.approx(cleaned)
+    assert normalize_report(RAW_PREDICTIONS[0]) == "the heart is normal in size . the lungs are clear ."
+
+
+def test_nlg_normalize_report_is_the_shared_normaliser():
+    from cxrfm import text
+
+    for report in RAW_PREDICTIONS + RAW_REFERENCES + PREDICTIONS:
+        assert normalize_report(report) == text.normalize_report(report, "en")
+    assert normalize_report("心影不大。", "zh") == text.normalize_report("心影不大。", "zh") == "心 影 不 大 。"
 
 
 @pytest.mark.realdata

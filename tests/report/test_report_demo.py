@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 
 from cxrfm.models.vit import VisionTransformer, vit_config
-from cxrfm.training.report_demo import run_report_demo
+from cxrfm.recipes.demo import run_report_demo
 
 SMALL = [
     "model.image_size=null", "model.overrides.d_model=32", "model.overrides.d_ff=32",
-    "data.num_train=16", "data.num_val=4", "data.num_test=5", "train.max_steps=4", "train.validate_every=2",
+    "data.num_samples.train=16", "data.num_samples.val=4", "data.num_samples.test=5", "train.max_steps=4", "train.validate_every=2",
     "train.batch_size=8", "evaluation.meteor=false",
 ]
 

@@ -13,7 +13,7 @@ import pytest
 from cxrfm.cli.report import main
 from cxrfm.data.phantom import PhantomDataset
 from cxrfm.io import write_image
-from cxrfm.training.report import build_report_split, run_report_training
+from cxrfm.recipes.report import build_report_split, run_report_training
 
 from _report_configs import tiny_report_config
 
@@ -38,12 +38,12 @@ def test_iu_xray_train_generate_evaluate_with_standin_images(shared_data_dir, tm
     root = shared_data_dir / "iu_xray"
     ids = _write_standins(json.loads((root / "annotation.json").read_text()), tmp_path / "images")
     data = {
-        "kind": "iu-xray", "root": str(root), "image_root": str(tmp_path / "images"), "images_required": False,
-        **{f"max_{split}_samples": count for split, count in STUDIES.items()},
+        "kind": "iu-xray", "root": str(root), "cache": True, "options": {"image_root": str(tmp_path / "images"), "images_required": False},
+        "max_samples": dict(STUDIES),
     }
     config = tiny_report_config(tmp_path / "run", data=data, model={"views_per_study": 2}, train={"max_steps": 8, "validate_every": 4})
 
-    val = build_report_split(config.data, "val", (32, 32), 2, "en")
+    val = build_report_split(config.data, "val", (32, 32), 2, "findings", "en")
     first = val[0]
     assert first.meta["has_image"] and len(first.meta["extra_images"]) == 1 and first.image.shape == (1, 32, 32)
     assert first.meta["study_id"] == ids["val"][0] and val.texts[0] == first.findings  # the real R2Gen report

@@ -14,7 +14,7 @@ from cxrfm.data.phantom import PhantomDataset
 from cxrfm.models.report.tokenizer import ReportTokenizer
 from cxrfm.errors import ConfigError
 from cxrfm.models.report import ReportGenerator
-from cxrfm.training.report import ReportTrainConfig, run_report_training
+from cxrfm.recipes.report import ReportTrainConfig, run_report_training
 
 from _report_configs import tiny_report_config
 

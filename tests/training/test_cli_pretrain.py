@@ -11,7 +11,7 @@ from cxrfm.cli import pretrain as pretrain_cli
 from cxrfm.config import load_config
 from cxrfm.configs import resolve_config_path
 from cxrfm.errors import ConfigError
-from cxrfm.training.pretrain import PretrainConfig, resolve_image_size
+from cxrfm.recipes.pretrain import PretrainConfig, resolve_image_size
 
 
 def _run(argv: list[str]) -> int:
@@ -64,7 +64,7 @@ def test_cli_trains_the_tiny_phantom_config_and_resumes(tmp_path):
 
 @pytest.mark.realdata
 def test_small_realdata_config_trains_on_the_shared_data(tmp_path, shared_data_dir):
-    from cxrfm.training.pretrain import build_pretrain_dataset, run_pretraining
+    from cxrfm.recipes.pretrain import build_pretrain_dataset, run_pretraining
 
     overrides = [
         f"data.sources.openist.root={shared_data_dir / 'lung_seg_openist'}",

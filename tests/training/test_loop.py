@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from cxrfm.errors import ConfigError
-from cxrfm.training import NonFiniteLossError, TrainConfig, Trainer
+from cxrfm.training.contract import TrainConfig
+from cxrfm.training.loop import NonFiniteLossError, Trainer
 from cxrfm.training.checkpoint import latest_checkpoint, load_train_state
 
 from .toy_run import ToyRegression, ToyTask, toy_model

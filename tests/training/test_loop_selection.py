@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from cxrfm.errors import ConfigError
-from cxrfm.training import TrainConfig, Trainer
+from cxrfm.training.contract import TrainConfig
+from cxrfm.training.loop import Trainer
 
 from .toy_run import ToyRegression, ToyTask, toy_model
 

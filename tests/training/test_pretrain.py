@@ -12,14 +12,9 @@ from cxrfm.data.sample import collate_samples
 from cxrfm.errors import ConfigError
 from cxrfm.models import MaskedAutoencoder, VisionTransformer
 from cxrfm.training.augment import random_resized_crop
-from cxrfm.training.loop import StepContext
-from cxrfm.training.pretrain import (
-    MAEPretrainTask,
-    PretrainConfig,
-    build_model,
-    resolve_image_size,
-    run_pretraining,
-)
+from cxrfm.training.contract import StepContext
+from cxrfm.training.tasks.mae import MAEPretrainTask
+from cxrfm.recipes.pretrain import PretrainConfig, build_model, resolve_image_size, run_pretraining, build_task
 
 from .toy_run import TwoLungs
 
@@ -49,7 +44,7 @@ def _config(tmp_path, **train) -> PretrainConfig:
 def test_training_step_masks_the_lungs_harder_and_is_keyed_per_sample(tmp_path):
     config = _config(tmp_path)
     model = build_model(config.model, (64, 64))
-    task = MAEPretrainTask(config)
+    task = build_task(config)
     batch = collate_samples([TwoLungs()[i] for i in range(4)])
     batch.meta = [dict(m, index=i) for i, m in enumerate(batch.meta)]
     ctx = StepContext(0, 0, 0, 7, torch.device("cpu"), 0, 1, config.train)
@@ -79,7 +74,7 @@ def test_random_resized_crop_keeps_image_and_mask_aligned():
 
 
 def test_run_pretraining_end_to_end_writes_outputs_and_learns(tmp_path, monkeypatch):
-    import cxrfm.training.pretrain as pretrain
+    import cxrfm.recipes.pretrain as pretrain
 
     monkeypatch.setattr(pretrain, "build_pretrain_dataset", lambda section, size: TwoLungs(16, size[0]))
     config = _config(tmp_path, max_steps=20, lr=3e-3, log_every=5, figure_every=10, tensorboard=False)
@@ -125,6 +120,7 @@ def test_shard_stream_trains_and_resumes_by_skipping_ahead(tmp_path):
 
     from cxrfm.data.shards import ShardDataset, write_shards
     from cxrfm.training.checkpoint import latest_checkpoint
+    from cxrfm.recipes.pretrain import build_region_provider
     from cxrfm.training.loop import Trainer
 
     write_shards(TwoLungs(24), tmp_path / "shards", max_samples_per_shard=6)
@@ -134,7 +130,7 @@ def test_shard_stream_trains_and_resumes_by_skipping_ahead(tmp_path):
         config.augment.random_resized_crop = False
         torch.manual_seed(0)
         model = build_model(config.model)
-        task = task_class(config)
+        task = task_class(config.masking, build_region_provider(config.masking), augment=config.augment)
         task.on_figure = task.on_train_end = None
         stream = ShardDataset(tmp_path / "shards", shuffle=True, shuffle_buffer=8, seed=3)
         return Trainer(model, task, stream, config.train).fit(resume=resume)
@@ -161,7 +157,7 @@ def test_region_sources_feed_the_masker(tmp_path, region):
         torch.manual_seed(0)
         LungSegmenter(PRESETS["tiny"]).save_pretrained(tmp_path / "segmenter")
         config.masking.segmenter_weights = str(tmp_path / "segmenter")
-    task = MAEPretrainTask(config)
+    task = build_task(config)
     model = build_model(config.model, (64, 64))
     batch = collate_samples([TwoLungs()[i] for i in range(2)])
     regions, masking = task.mask_batch(model, batch.images, None, torch.arange(2), seed=0, epoch=0, stream=1)
@@ -175,7 +171,7 @@ def test_segmenter_region_without_weights_is_a_config_error(tmp_path):
     config = _config(tmp_path)
     config.masking.region = "segmenter"
     with pytest.raises(ConfigError, match="segmenter_weights"):
-        MAEPretrainTask(config)
+        build_task(config)
 
 
 def test_cached_regions_are_computed_once_per_sample_and_change_nothing(tmp_path):
@@ -191,17 +187,17 @@ def test_cached_regions_are_computed_once_per_sample_and_change_nothing(tmp_path
             calls.append(images.shape[0])
             return self.inner(images, given_masks)
 
-    from cxrfm.training.pretrain import build_region_provider
+    from cxrfm.recipes.pretrain import build_region_provider
 
     batch = collate_samples([TwoLungs()[i] for i in range(4)])
     batch.meta = [dict(m, index=i) for i, m in enumerate(batch.meta)]
     model = build_model(config.model, (64, 64))
     ctx = StepContext(0, 0, 0, 7, torch.device("cpu"), 0, 1, config.train)
     config.augment.random_resized_crop = False  # regions of the same pixels either way
-    plain = MAEPretrainTask(config).training_step(model, batch, ctx)
+    plain = build_task(config).training_step(model, batch, ctx)
 
     config.masking.cache_regions = True
-    cached_task = MAEPretrainTask(config, region_provider=CountingProvider(build_region_provider(config.masking)))
+    cached_task = build_task(config, region_provider=CountingProvider(build_region_provider(config.masking)))
     first = cached_task.training_step(model, batch, ctx)
     second = cached_task.training_step(model, batch, StepContext(1, 1, 0, 7, torch.device("cpu"), 0, 1, config.train))
     assert calls == [4]  # one provider call for the 4 samples; the second step reused the cache

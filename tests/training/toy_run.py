@@ -21,7 +21,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from cxrfm.data.sample import CXRSample
-from cxrfm.training import BaseTask, StepContext, TrainConfig, Trainer
+from cxrfm.training.contract import BaseTask, StepContext, TrainConfig
+from cxrfm.training.loop import Trainer
 from cxrfm.training.randomness import STREAM_MASKING, hashed_uniform
 
 FEATURES = 8
@@ -66,7 +67,7 @@ class TwoLungs(Dataset):
 def mae_setup(max_steps: int):
     """A one-block MAE on 64x64 TwoLungs with context-aware masking and crop augmentation."""
     from cxrfm.config import from_dict
-    from cxrfm.training.pretrain import MAEPretrainTask, PretrainConfig, build_model
+    from cxrfm.recipes.pretrain import PretrainConfig, build_model, build_task
 
     config = from_dict(
         PretrainConfig,
@@ -77,7 +78,7 @@ def mae_setup(max_steps: int):
         },
     )
     torch.manual_seed(0)
-    return build_model(config.model), MAEPretrainTask(config), TwoLungs(24)
+    return build_model(config.model), build_task(config), TwoLungs(24)
 
 
 def toy_model(dropout: float = 0.0, seed: int = 0) -> nn.Module:

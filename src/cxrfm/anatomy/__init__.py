@@ -6,13 +6,14 @@
 - :func:`reference_rectangle_mask`: the HD-MAE reference code's fixed rectangle (130 of 20x20).
 - :func:`patch_inside_fraction`: ``(B, 1, H, W)`` mask -> ``(B, N)`` fraction inside per patch.
 - :class:`ChestRegionProvider`: one call that gives the masks for a batch from any of the above.
-- :func:`save_contour_overlays`: contour + patch-grid figure.
+
+The contour figures are in :mod:`cxrfm.figures.contours`.
 """
 
 from cxrfm.anatomy.classical import classical_lung_mask
-from cxrfm.anatomy.figures import save_contour_overlays
 from cxrfm.anatomy.postprocess import clean_lung_mask, fill_holes, keep_largest_components
-from cxrfm.anatomy.regions import ChestRegionProvider, patch_inside_fraction, reference_rectangle_mask
+from cxrfm.anatomy.regions import ChestRegionProvider
+from cxrfm.utils.patch_grid import patch_inside_fraction, reference_rectangle_mask
 from cxrfm.anatomy.segmenter import PRESETS, LungSegmenter, LungSegmenterConfig
 
 __all__ = [
@@ -26,5 +27,4 @@ __all__ = [
     "keep_largest_components",
     "patch_inside_fraction",
     "reference_rectangle_mask",
-    "save_contour_overlays",
 ]

@@ -47,11 +47,12 @@ def segmentation_pairs(
 ) -> list[SegmentationPair]:
     """Pairs with a mask from ``openist``, ``covid`` (V7 masks) or ``manifest`` (a ``mask`` column)
     through ``cxrfm.data``; ``split`` None or "all" = every split. Rows without a mask are skipped."""
-    from cxrfm.data.registry import build_dataset
+    from cxrfm.data.registry import DatasetSpec, build_dataset
 
     split = None if split in (None, "all") else split
     options = {"mask_source": "v7labs", "require_mask": True} if dataset == "covid" else {}
-    samples = build_dataset(dataset, root, split=split, image_size=image_size, **options)
+    spec = DatasetSpec(kind=dataset, root=str(root), options=options)
+    samples = build_dataset(spec, split, image_size=image_size)
     pairs = []
     for index in range(len(samples)):
         sample = samples[index]

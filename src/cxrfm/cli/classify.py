@@ -62,7 +62,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from cxrfm.config import load_config
     from cxrfm.configs import resolve_config_path
-    from cxrfm.training.classify import ClassifyConfig, run_classification
+    from cxrfm.recipes.classify import ClassifyConfig, run_classification
 
     config = load_config(ClassifyConfig, resolve_config_path(args.config), args.overrides)
     result = run_classification(config)
@@ -82,84 +82,59 @@ def _format(entry: dict) -> str:
     return f"{value:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
 
 
-def _load(model_dir: str):
-    from cxrfm.models.classify import load_classifier
-    from cxrfm.training.classify import load_thresholds
-
-    model = load_classifier(model_dir).eval()
-    thresholds = load_thresholds(model_dir, model.label_names)
-    if thresholds is None:
-        log.warning("%s has no thresholds.json: calling positives at p >= 0.5", model_dir)
-    return model, thresholds
-
-
 def _predict(args: argparse.Namespace) -> int:
     import csv
 
-    import numpy as np
-
-    from cxrfm.data.registry import build_dataset
+    from cxrfm.data.registry import DatasetSpec, build_dataset
     from cxrfm.errors import ConfigError
-    from cxrfm.training.classify import predict_dataset
+    from cxrfm.pipelines.classification import ClassificationPipeline
 
-    model, thresholds = _load(args.model)
+    pipeline = ClassificationPipeline.from_pretrained(args.model, device="cpu")
     source = Path(args.input)
     if not source.exists():
         raise ConfigError("--input", f"{source} does not exist")
-    kind = "folder" if source.is_dir() else "manifest"
-    dataset = build_dataset(kind, source, image_size=tuple(model.config.encoder.image_size))
-    probabilities, _ = predict_dataset(model, dataset, args.batch_size)
-    thresholds = np.full(model.num_labels, 0.5) if thresholds is None else thresholds
+    spec = DatasetSpec(kind="folder" if source.is_dir() else "manifest", root=str(source))
+    dataset = build_dataset(spec, None, image_size=pipeline.image_size, field_name="--input")
+    probabilities, _ = pipeline.predict_dataset(dataset, args.batch_size)
+    names, thresholds = pipeline.label_names, pipeline.thresholds
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["path", *model.label_names, "positives"])
+        writer.writerow(["path", *names, "positives"])
         for record, row in zip(dataset.records, probabilities):
-            positives = "|".join(name for name, p, t in zip(model.label_names, row, thresholds) if p >= t)
+            positives = "|".join(name for name, p, t in zip(names, row, thresholds) if p >= t)
             writer.writerow([str(record.image), *(f"{p:.6f}" for p in row), positives])
-    log.info("wrote probabilities of %d images x %d labels to %s", len(dataset), model.num_labels, out)
+    log.info("wrote probabilities of %d images x %d labels to %s", len(dataset), len(names), out)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from cxrfm.config import parse_override
+    from cxrfm.data.registry import DatasetSpec, build_dataset
     from cxrfm.evaluation.classification import classification_metrics, format_metric_table
-    from cxrfm.training.classify import ClassifyDataSection, LabelSelectedDataset, build_split, dataset_label_names, predict_dataset, write_heatmaps
+    from cxrfm.pipelines.classification import ClassificationPipeline, saved_dataset
+    from cxrfm.recipes.classify import LabelSelectedDataset, dataset_label_names
 
-    model, thresholds = _load(args.model)
-    options = _saved_dataset_options(args.model, args.dataset)
+    pipeline = ClassificationPipeline.from_pretrained(args.model, device="cpu")
+    trained_on = saved_dataset(args.model)
+    same_kind = str(trained_on.get("kind", "")).lower() == args.dataset.lower()
+    options = dict(trained_on.get("options") or {}) if same_kind else {}
     for text in args.option:
         keys, value = parse_override(text)
         options[".".join(keys)] = value
-    section = ClassifyDataSection(
-        kind=args.dataset, root=args.root, options=options, cache=False, num_samples={args.split: args.num_samples}
+    spec = DatasetSpec(kind=args.dataset, root=args.root, options=options, num_samples={args.split: args.num_samples})
+    dataset = build_dataset(spec, args.split, pipeline.image_size, field_name="--dataset")
+    dataset = LabelSelectedDataset(dataset, dataset_label_names(dataset), pipeline.label_names)
+    probabilities, labels = pipeline.predict_dataset(dataset, args.batch_size)
+    summary = classification_metrics(
+        probabilities, labels, pipeline.thresholds, pipeline.label_names, num_resamples=args.bootstrap, seed=args.seed
     )
-    dataset = build_split(section, args.split, tuple(model.config.encoder.image_size))
-    dataset = LabelSelectedDataset(dataset, dataset_label_names(dataset), model.label_names)
-    probabilities, labels = predict_dataset(model, dataset, args.batch_size)
-    thresholds = np.full(model.num_labels, 0.5) if thresholds is None else thresholds
-    summary = classification_metrics(probabilities, labels, thresholds, model.label_names, num_resamples=args.bootstrap, seed=args.seed)
     title = f"{args.dataset} {args.split}: {len(labels)} images, thresholds from validation"
     print(f"## {title}\n\n{format_metric_table(summary)}")  # noqa: T201 - the table is the verb's output
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"title": title, **summary.to_dict()}, indent=2) + "\n", encoding="utf-8")
     if args.heatmaps:
-        write_heatmaps(model, dataset, Path(args.heatmaps), 4, thresholds, "cpu")
+        pipeline.save_heatmaps(dataset, Path(args.heatmaps), 4)
     return 0
-
-
-def _saved_dataset_options(model_dir: str, kind: str) -> dict:
-    """The dataset options the model was trained with, when it was trained on the same kind."""
-    from cxrfm.training.classify import THRESHOLDS_FILE
-
-    path = Path(model_dir) / THRESHOLDS_FILE
-    if not path.is_file():
-        return {}
-    dataset = json.loads(path.read_text(encoding="utf-8")).get("dataset") or {}
-    if str(dataset.get("kind", "")).lower() != kind.lower():
-        return {}
-    return dict(dataset.get("options") or {})

@@ -77,7 +77,7 @@ def assign_split(seed: int, val_fraction: float, test_fraction: float) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from cxrfm.data.phantom import DEFAULT_FINDING_PROBS, PhantomConfig, PhantomDataset, save_phantom_gallery
+    from cxrfm.data.phantom import DEFAULT_FINDING_PROBS, PhantomConfig, PhantomDataset
     from cxrfm.errors import ConfigError
 
     if args.count < 1:
@@ -105,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
             gallery.append(case)
     _write_manifests(out, rows)
     if not args.no_gallery:
+        from cxrfm.figures.phantom import save_phantom_gallery
+
         save_phantom_gallery(gallery, out / "gallery.png")
     counts = {split: sum(row["split"] == split for row in rows) for split in ("train", "val", "test")}
     log.info("wrote %d phantoms to %s (train %d / val %d / test %d)", len(rows), out, *counts.values())

@@ -42,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _pretrain(args: argparse.Namespace) -> int:
     from cxrfm.config import load_config
     from cxrfm.configs import resolve_config_path
-    from cxrfm.training.pretrain import PretrainConfig, run_pretraining
+    from cxrfm.recipes.pretrain import PretrainConfig, run_pretraining
 
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)  # one rank reports; the others only warn

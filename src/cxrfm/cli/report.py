@@ -81,7 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from cxrfm.config import load_config
     from cxrfm.configs import resolve_config_path
-    from cxrfm.training.report import ReportTrainConfig, run_report_training
+    from cxrfm.recipes.report import ReportTrainConfig, run_report_training
 
     if int(os.environ.get("RANK", "0")) > 0:
         logging.getLogger().setLevel(logging.WARNING)
@@ -100,7 +100,7 @@ def _train(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- generate
 def _generate(args: argparse.Namespace) -> int:
-    from cxrfm.training.report import generate_for_input, write_predictions
+    from cxrfm.pipelines.report_generation import generate_for_input, write_predictions
 
     rows = generate_for_input(
         args.model, args.input, beam_size=args.beam, batch_size=args.batch_size, split=args.split, device=args.device, progress=True
@@ -138,10 +138,10 @@ def references_by_id(rows: list[dict], source: Path) -> dict[str, str]:
 
 def dataset_references(kind: str, root: Path, split: str, text: str, language: str) -> dict[str, str]:
     """``{study id: report}`` of one dataset split, read without pixels."""
-    from cxrfm.data.registry import build_dataset
-    from cxrfm.training.report import split_texts
+    from cxrfm.data.registry import DatasetSpec, build_dataset
+    from cxrfm.recipes.report import split_texts
 
-    dataset = build_dataset(kind, root, split=split, images_required=False)
+    dataset = build_dataset(DatasetSpec(kind=kind, root=str(root), splits={"test": split}, options={"images_required": False}), "test")
     texts = split_texts(dataset, text, language)
     ids = [str(r.meta.get("study_id") or r.image) for r in dataset.records]
     return {i: t for i, t in zip(ids, texts) if t}
@@ -160,7 +160,7 @@ def pair_reports(predictions: list[dict], references: dict[str, str], source: st
 def _evaluate(args: argparse.Namespace) -> int:
     from cxrfm.models.report.tokenizer import ReportTokenizer
     from cxrfm.errors import ConfigError, DatasetError
-    from cxrfm.training.report import metrics_table, score_reports
+    from cxrfm.evaluation.report import metrics_table, score_reports
 
     predictions = read_rows(args.predictions)
     if not predictions or "prediction" not in predictions[0]:

@@ -50,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _train(args: argparse.Namespace) -> int:
     from cxrfm.config import load_config
     from cxrfm.configs import resolve_config_path
-    from cxrfm.training.segmentation import SegmenterTrainConfig, train_segmenter
+    from cxrfm.recipes.segmenter import SegmenterTrainConfig, train_segmenter
 
     path = resolve_config_path(args.config) if args.config else None
     config = load_config(SegmenterTrainConfig, path, args.overrides)
@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cxrfm.anatomy.inference import predict_folder
+    from cxrfm.pipelines.lung_masks import predict_folder
 
     written = predict_folder(
         args.weights,

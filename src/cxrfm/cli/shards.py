@@ -11,7 +11,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-DATASET_KINDS = ("folder", "manifest", "openist", "covid", "iu-xray", "mimic", "chexpert", "nih", "rsna")
+DATASET_KINDS = ("folder", "manifest", "openist", "covid", "iu-xray", "mimic", "chexpert", "nih", "rsna")  # = registry.ADAPTERS (tested)
 _BYTE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
@@ -76,21 +76,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_write(args: argparse.Namespace) -> int:
-    from cxrfm.data.registry import build_dataset
+    from cxrfm.data.registry import DatasetSpec, build_dataset
     from cxrfm.data.shards import write_shards
 
-    options = dict(args.options)
-    dataset = build_dataset(
-        args.dataset,
-        args.root,
-        split=args.split,
-        # The dataset resizes (once, from the source pixels) so adapters can move what follows the
-        # image geometry along with it (RSNA boxes); write_shards then finds the size already right.
-        image_size=tuple(args.size),
-        resize_mode=args.mode,
-        skip_unreadable=args.skip_unreadable,
-        **options,
-    )
+    options = {**dict(args.options), "resize_mode": args.mode, "skip_unreadable": args.skip_unreadable}
+    spec = DatasetSpec(kind=args.dataset, root=str(args.root), options=options)
+    # The dataset resizes (once, from the source pixels) so adapters can move what follows the
+    # image geometry along with it (RSNA boxes); write_shards then finds the size already right.
+    dataset = build_dataset(spec, args.split, image_size=tuple(args.size), field_name="--dataset")
     log.info("%r", dataset)
     if args.check:
         report = dataset.validate(progress=True)

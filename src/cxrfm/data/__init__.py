@@ -1,7 +1,7 @@
 """Datasets: one sample interface (:class:`CXRSample`), adapters for public CXR sets, and shards.
 
 Every adapter is a :class:`CXRDataset` subclass that parses its published metadata into records;
-:func:`build_dataset` picks one by name. :mod:`cxrfm.data.phantom` is the embedded default: procedural
+:func:`build_dataset` builds any kind (adapters, the phantom, shard streams) from a :class:`DatasetSpec`. :mod:`cxrfm.data.phantom` is the embedded default: procedural
 chest radiographs with exact lung masks, findings and English/Chinese reports. :func:`write_shards` / :class:`ShardDataset` store and
 stream pre-resized samples as WebDataset tar shards.
 """
@@ -22,16 +22,16 @@ from cxrfm.data.phantom import (
     PhantomConfig,
     PhantomDataset,
     generate_phantom,
-    save_phantom_gallery,
 )
 from cxrfm.data.openist import OpenISTLungDataset
-from cxrfm.data.registry import DATASETS, build_dataset
+from cxrfm.data.registry import ADAPTERS, DatasetSpec, build_dataset
 from cxrfm.data.rsna import RSNAPneumoniaDataset
 from cxrfm.data.sample import CXRBatch, CXRSample, collate_samples
 from cxrfm.data.shards import ShardDataset, read_shard_index, write_shards
 
 __all__ = [
-    "DATASETS",
+    "ADAPTERS",
+    "DatasetSpec",
     "FINDINGS",
     "DEFAULT_FINDING_PROBS",
     "ChestPhantom",
@@ -39,7 +39,6 @@ __all__ = [
     "PhantomConfig",
     "PhantomDataset",
     "generate_phantom",
-    "save_phantom_gallery",
     "CXRBatch",
     "CXRDataset",
     "CXRRecord",

@@ -1,10 +1,30 @@
-"""Dataset kinds by name, so configs and CLIs can say ``dataset: covid`` instead of importing classes."""
+"""The one dataset dispatcher: a :class:`DatasetSpec` from a run config -> a dataset of :class:`CXRSample`.
+
+Every recipe's ``data:`` section (and each named source of pretraining's ``data.sources``) has the
+same shape::
+
+    data:
+      kind: covid                       # phantom, shards, or an adapter of ADAPTERS
+      root: ../shared/data/covid_chestxray
+      splits: {val: val, test: null}    # role -> the dataset's own split name (null: skip / all)
+      num_samples: {train: 320, val: 96, test: 96}   # phantom only: items per split (or one int)
+      seed: 0                           # phantom only: item 0 of the train split
+      max_samples: null                 # keep the first N items of each split (int or per split)
+      cache: true                       # keep decoded samples in memory (num_workers: 0)
+      options: {label_set: coarse}      # passed to the adapter
+
+:func:`build_dataset` serves every kind, the phantom and shard streams included, so no recipe keeps
+its own. Adapters (one per public layout) are looked up by name in :data:`ADAPTERS`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from torch.utils.data import Dataset, IterableDataset, Subset
 
 from cxrfm.data.chexpert import CheXpertDataset
 from cxrfm.data.covid import CovidChestXrayDataset
@@ -16,8 +36,9 @@ from cxrfm.data.mimic import MIMICCXRDataset
 from cxrfm.data.nih import NIHChestXray14Dataset
 from cxrfm.data.openist import OpenISTLungDataset
 from cxrfm.data.rsna import RSNAPneumoniaDataset
+from cxrfm.errors import ConfigError
 
-DATASETS: dict[str, Callable[..., CXRDataset]] = {
+ADAPTERS: dict[str, Callable[..., CXRDataset]] = {
     "folder": ImageFolderDataset,
     "manifest": ManifestDataset,
     "openist": OpenISTLungDataset,
@@ -28,31 +49,152 @@ DATASETS: dict[str, Callable[..., CXRDataset]] = {
     "nih": NIHChestXray14Dataset,
     "rsna": RSNAPneumoniaDataset,
 }
+GENERATED_KINDS = ("phantom", "shards")  # kinds that are not a folder adapter
+KINDS = (*GENERATED_KINDS, *ADAPTERS)
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of a run config (module docstring). Roles are ``train`` / ``val`` / ``test``.
+
+    ``splits`` maps a role to the dataset's split name when they differ; a role mapped to null
+    reads every split for ``train`` (pretraining on a whole set) and is skipped for ``val`` /
+    ``test`` (see :meth:`has_split`). ``num_samples`` and ``max_samples`` are one int or a
+    mapping per role.
+    """
+
+    kind: str = "phantom"
+    root: str | None = None
+    splits: dict[str, str | None] = field(default_factory=dict)
+    num_samples: int | dict[str, int] = 256
+    seed: int = 0
+    max_samples: int | dict[str, int] | None = None
+    cache: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kind = canonical_kind(self.kind)
+
+    def split_name(self, role: str | None) -> str | None:
+        """The dataset's own name of ``role`` (``splits`` may rename it)."""
+        return self.splits.get(role, role) if role is not None else None
+
+    def has_split(self, role: str) -> bool:
+        """False when ``splits`` maps ``role`` to null (no such split in this run)."""
+        return self.split_name(role) is not None
+
+    def count(self, role: str | None) -> int:
+        """Phantom items of ``role``."""
+        if isinstance(self.num_samples, Mapping):
+            if role not in self.num_samples:
+                raise ConfigError("data.num_samples", f"no phantom count for split {role!r} (have {sorted(self.num_samples)})")
+            return int(self.num_samples[role])
+        return int(self.num_samples)
+
+    def cap(self, role: str | None) -> int | None:
+        if isinstance(self.max_samples, Mapping):
+            return self.max_samples.get(role)
+        return self.max_samples
+
+
+def canonical_kind(kind: str) -> str:
+    """``IU_Xray`` -> ``iu-xray``; unknown kinds are a :class:`ConfigError` listing the known ones."""
+    key = str(kind).strip().lower().replace("_", "-")
+    if key not in KINDS:
+        raise ConfigError("data.kind", f"unknown dataset kind {kind!r}; known: {', '.join(KINDS)}")
+    return key
 
 
 def build_dataset(
-    kind: str,
-    root: str | Path,
-    split: str | Sequence[str] | None = None,
+    spec: DatasetSpec | Mapping[str, Any],
+    split: str | Sequence[str] | None = "train",
     image_size: tuple[int, int] | None = None,
-    **options: Any,
-) -> CXRDataset:
-    """Build the adapter registered as ``kind`` (one of :data:`DATASETS`).
+    *,
+    field_name: str = "data",
+) -> Dataset:
+    """The dataset of ``spec`` for one split role, at ``image_size`` (None: native sizes).
 
-    Args:
-        kind: ``folder``, ``manifest``, ``openist``, ``covid``, ``iu-xray``, ``mimic``,
-            ``chexpert``, ``nih`` or ``rsna`` (``_`` and case are ignored: ``IU_Xray`` works).
-        root: the dataset folder (for ``manifest``: the manifest file or its folder).
-        split: split(s) to keep, or None for all.
-        image_size: ``(H, W)`` to resize to, or None for native sizes.
-        **options: adapter options (``mask_root``, ``mask_source``, ``image_root``, ...) and
-            :class:`CXRDataset` options (``skip_unreadable``, ``resize_mode``, ``transform``, ...).
-
-    Raises:
-        ValueError: unknown ``kind`` (the message lists the known ones).
+    ``split``: a role (``train`` / ``val`` / ``test``, renamed by ``spec.splits``), a list of the
+    dataset's split names, or None for every split. ``field_name`` names the config section in
+    errors (``data.sources.openist``). Phantoms of different roles come from disjoint seed ranges.
     """
-    key = kind.strip().lower().replace("_", "-")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset kind {kind!r}; known: {', '.join(DATASETS)}")
+    from cxrfm.config import from_dict
+
+    if isinstance(spec, Mapping):
+        spec = from_dict(DatasetSpec, dict(spec), prefix=field_name)
     size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
-    return DATASETS[key](Path(root), split=split, image_size=size, **options)
+    role = split if isinstance(split, str) else None
+    dataset = _build_raw(spec, role, split, size, field_name)
+    limit = spec.cap(role)
+    if limit is not None and limit < len(dataset):
+        dataset = first_items(dataset, limit)
+    if spec.cache:
+        if isinstance(dataset, IterableDataset):
+            raise ConfigError(f"{field_name}.cache", "shard streams cannot be cached")
+        dataset = CachedDataset(dataset)
+    return dataset
+
+
+def _build_raw(spec: DatasetSpec, role: str | None, split, size, field_name: str) -> Dataset:
+    if spec.kind == "phantom":
+        from cxrfm.data.phantom import SPLIT_SEED_OFFSETS, PhantomDataset
+
+        seed = spec.seed + SPLIT_SEED_OFFSETS.get(role or "train", 0)
+        try:
+            return PhantomDataset(spec.count(role), size or (256, 256), seed=seed, split=role or "train", **spec.options)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{field_name}.options", str(exc)) from None
+    if spec.root is None:
+        raise ConfigError(f"{field_name}.root", f"dataset kind {spec.kind!r} needs a root")
+    if spec.kind == "shards":
+        from cxrfm.data.shards import ShardDataset
+
+        return ShardDataset(spec.root, **spec.options)
+    root = Path(spec.root).expanduser()
+    if not root.exists():
+        raise ConfigError(f"{field_name}.root", f"{root} does not exist")
+    name = spec.split_name(role) if role is not None else split
+    try:
+        return ADAPTERS[spec.kind](root, split=name, image_size=size, **spec.options)
+    except TypeError as exc:
+        raise ConfigError(f"{field_name}.options", f"{spec.kind}: {exc}") from None
+
+
+def first_items(dataset: Dataset, limit: int) -> Dataset:
+    """The first ``limit`` items; an adapter keeps its ``records`` (texts and labels without pixels)."""
+    if hasattr(dataset, "records"):
+        dataset.records = dataset.records[:limit]
+        return dataset
+    return Subset(dataset, range(limit))
+
+
+class CachedDataset(Dataset):
+    """Keeps each sample after its first load (phantoms are drawn, JPEGs decoded, only once).
+
+    The cache lives in the process that loads, so use it with ``num_workers: 0`` (each worker
+    would otherwise hold its own copy). ``records`` and ``label_names`` of the wrapped adapter stay
+    visible, so labels and texts can be read without pixels.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+        self.cache: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        if index not in self.cache:
+            self.cache[index] = self.dataset[index]
+        return self.cache[index]
+
+    @property
+    def records(self):
+        return getattr(self.dataset, "records", None)
+
+
+def unwrap_dataset(dataset: Dataset) -> Dataset:
+    """The adapter inside caches, subsets and other wrappers that keep it as ``.dataset``."""
+    while hasattr(dataset, "dataset") and isinstance(getattr(dataset, "dataset"), Dataset):
+        dataset = dataset.dataset
+    return dataset

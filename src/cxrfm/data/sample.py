@@ -103,3 +103,13 @@ def collate_samples(samples: list[CXRSample]) -> CXRBatch:
         impressions=[s.impression for s in samples],
         meta=[s.meta for s in samples],
     )
+
+
+def collate_any(samples: list) -> Any:
+    """:func:`collate_samples` for :class:`CXRSample` lists, torch's ``default_collate`` otherwise
+    (e.g. dicts of cached tensors)."""
+    from torch.utils.data import default_collate
+
+    if samples and isinstance(samples[0], CXRSample):
+        return collate_samples(samples)
+    return default_collate(samples)

@@ -10,12 +10,21 @@ For each report it returns, per observation, ``1`` positive, ``0`` negative, ``-
    mediastinum is widened" a positive Enlarged Cardiomediastinum one, "heart size is borderline" an
    uncertain one; a subject without descriptor ("the heart and lungs") is no mention.
 2. **Classification** of each mention, first rule that fires wins:
-   uncertainty that looks like negation ("cannot exclude", "not ruled out", "no new")
+   uncertainty that looks like negation, before the mention ("cannot exclude", "no new") or after
+   it ("is not excluded", "has not been ruled out")
    -> negation cue in scope before the mention ("no", "without", "free of", "negative for", "not",
-   "no evidence of", ...) or right after it ("is not seen", "has resolved", ...) -> uncertainty cue
-   in scope before the mention ("may", "possible", "likely", "suspicious for", "versus", ...) or
-   after it ("is suspected", "cannot be excluded", ...) -> positive. Phrases such as "no change",
-   "no interval change" are masked first so they negate nothing (NegEx pseudo-negations).
+   "no evidence of", ...) or right after it ("is not seen", "has resolved", "is excluded", ...)
+   -> uncertainty cue in scope before the mention ("may", "possible", "likely", "suspicious for",
+   "versus", ...) or after it ("is suspected", "cannot be excluded", ...)
+   -> a trailing hedge "if present" / "if any" on the mention's phrase ("small effusion, if
+   present") -> positive. CheXpert's labeler has no rule for these hedges (it calls "small
+   effusion, if present" positive); here they are uncertain, since the radiologist doubts the
+   finding exists. They rank below negation, so "no large effusion, if any" stays negative: the
+   hedge doubts existence, which the "no" already denies.
+   Phrases such as "no change", "no significant interval change" (any run of modifiers from
+   :data:`_CHANGE_MODIFIER` between "no"/"without"/"not" and the change word) are masked first so
+   they negate nothing (NegEx pseudo-negations): the effusions of "no significant interval change
+   in bilateral effusions" are present.
    A cue's scope runs from the cue to the end of its clause: clauses end at "but", "however",
    "which", "with", "there is/are", "although", ... and at a comma followed by a word that
    starts a new statement ("mild", "stable", "the", ...) unless an "or"/"nor" later in the sentence
@@ -177,14 +186,29 @@ OTHER_ABNORMALITIES: list[str] = [
 ]
 
 # ----- cues -----
+# Words that may stand, in any number, between "no"/"without"/"not" and "change": "no significant
+# interval change in the effusions" negates the change, not the effusions. A closed list, because a
+# finding word there ("no effusion or change") must stay negated.
+_CHANGE_MODIFIER = (
+    r"(?:significant|significantly|interval|appreciable|appreciably|substantial|substantially|definite|definitely"
+    r"|major|marked|notable|relevant|further|acute|obvious|apparent|radiographic|radiographically|measurable"
+    r"|visible|detectable|discernible|gross|overall|meaningful|important|clinically|short-term|recent) "
+)
 _PSEUDO_NEGATION = re.compile(
-    r"\bno (?:significant |interval |appreciable |substantial |definite )?(?:change|increase|decrease|worsening"
-    r"|progression|improvement)\w*|\bnot (?:significantly )?changed|\bwithout (?:significant |interval )?change"
+    rf"\bno (?:{_CHANGE_MODIFIER})*(?:change|increase|decrease|worsening|progression|improvement)\w*"
+    rf"|\bnot (?:{_CHANGE_MODIFIER})*changed|\bwithout (?:{_CHANGE_MODIFIER})*change"
     r"|\bnot (?:well )?(?:seen|visualized|appreciated) on (?:the )?(?:prior|previous)"
 )
 _UNCERTAIN_BEFORE_NEGATION = re.compile(
     r"\b(?:cannot|can not|can't|could not|not) (?:be )?(?:completely |entirely |totally )?(?:exclude|rule|ruled)\w*"
     r"|\bno new\b|\bnot (?:entirely |completely )?excluded"
+)
+# The same after the mention, behind its verb: "cardiomegaly is not excluded", "pneumonia has not
+# been ruled out". A negator is required ("pneumothorax is excluded" is a negation).
+_UNCERTAIN_NEGATION_AFTER = re.compile(
+    r"^\W*(?:\w+ ){0,3}?(?:(?:is|are|was|were|has|have|had) )?"
+    r"(?:not|cannot|can not|can't|could not|may not|should not) (?:be |been )?"
+    r"(?:completely |entirely |totally |definitely |fully |reliably )?(?:excluded|ruled out)\b"
 )
 _NEGATION_BEFORE = re.compile(
     r"\b(?:no|not|without|negative for|free of|clear of|absence of|absent|resolution of|resolved|removal of"
@@ -193,7 +217,7 @@ _NEGATION_BEFORE = re.compile(
 _NEGATION_AFTER = re.compile(
     r"^\W*(?:\w+ ){0,3}?(?:(?:is|are|was|were|has|have|has been|have been)\s+)?"
     r"(?:not\b|no longer\b|resolved\b|absent\b|"
-    r"removed\b|cleared\b|(?:is|are|was|were) absent)"
+    r"removed\b|cleared\b|excluded\b|ruled out\b|(?:is|are|was|were) absent)"
 )
 _UNCERTAIN_BEFORE = re.compile(
     r"\b(?:may|might|could|possibl\w*|probabl\w*|likely|suspect\w*|suspicio\w*|concern\w*|question\w*"
@@ -206,6 +230,10 @@ _UNCERTAIN_AFTER = re.compile(
     r"|cannot be (?:excluded|ruled out)|can not be excluded|not ruled out|(?:is|are) suggested|unlikely|versus|vs\b"
     r"|(?:would|could|may) be (?:a )?consider\w*)"
 )
+# "small effusion, if present" / "trace effusion, if any": the radiologist doubts the finding exists.
+# The hedge covers the phrase it follows: at most one comma (its own) and no clause end between
+# mention and hedge.
+_HEDGE_AFTER = re.compile(r"[^,]*?,?\s*(?P<hedge>\bif (?:present|any)\b)")
 # Where a cue's scope ends.
 _CLAUSE_END = re.compile(
     r"\b(?:but|however|although|though|whereas|while|which|except|aside from|apart from|otherwise|"
@@ -273,13 +301,27 @@ def classify(sentence: str, start: int, end: int) -> float:
     """Label of the mention ``sentence[start:end]`` (sentence already lowercased and masked)."""
     scope = sentence[_scope_start(sentence, start) : start]
     after = sentence[end:].split(",", 1)[0]
-    if _UNCERTAIN_BEFORE_NEGATION.search(scope) or _UNCERTAIN_BEFORE_NEGATION.match(after.strip()):
+    if _UNCERTAIN_BEFORE_NEGATION.search(scope) or _uncertain_negation_after(after):
         return UNCERTAIN
     if _NEGATION_BEFORE.search(scope) or _NEGATION_AFTER.search(after):
         return NEGATIVE
     if _UNCERTAIN_BEFORE.search(scope) or _UNCERTAIN_AFTER.search(after):
         return UNCERTAIN
+    # Checked last, so that "no large effusion, if any" stays negative.
+    if _hedged(sentence, end):
+        return UNCERTAIN
     return POSITIVE
+
+
+def _hedged(sentence: str, end: int) -> bool:
+    """Whether "if present" / "if any" follows the mention ending at ``end`` in the same phrase."""
+    match = _HEDGE_AFTER.match(sentence, end)
+    return bool(match) and not _CLAUSE_END.search(sentence, end, match.start("hedge"))
+
+
+def _uncertain_negation_after(after: str) -> bool:
+    """Whether the text after a mention (up to its comma) is "... not excluded" / "cannot exclude ..."."""
+    return bool(_UNCERTAIN_BEFORE_NEGATION.match(after.strip()) or _UNCERTAIN_NEGATION_AFTER.match(after))
 
 
 def _descriptor_label(sentence: str, start: int, end: int) -> tuple[float, int, int] | None:

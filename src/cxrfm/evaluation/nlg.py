@@ -1,14 +1,16 @@
 """Natural-language-generation metrics for reports: BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap).
 
-Normalisation protocol (R2Gen's; applied to predictions *and* references by
-:func:`normalize_report`, idempotent on text that already went through it):
+Normalisation protocol (R2Gen's): :func:`normalize_report` is :func:`cxrfm.text.normalize_report`,
+the very cleaning the report tokenizer applies (R2Gen's ``clean_report_iu_xray`` for English, with
+its ``..`` collapse and list-number removal; per-character cutting for Chinese), applied to
+predictions *and* references. It is idempotent, so text that already went through the tokenizer
+scores the same with or without it, and raw text scores as if it had been cleaned first.
 
-* English: lowercase; split into sentences on ``". "``; in each sentence delete ``" / \\ '`` and
-  R2Gen's punctuation class ``[.,?;*!%^&_+():-\\[\\]{}]`` (whose ``:-\\[`` range also removes
-  ``;<=>?@`` -- so ``<unk>`` becomes ``unk`` on both sides); drop empty sentences; join with
-  ``" . "`` and end with ``" ."``. The ``"."`` separators are words and count in every n-gram.
-* Chinese: NFKC, punctuation/symbol characters other than ``。`` removed, whitespace collapsed;
-  the text must already be space-separated words or characters (the tokenizer's output).
+* English: ``"1. The heart is normal.. 2. Lungs clear."`` -> ``"the heart is normal . lungs clear ."``;
+  R2Gen's punctuation class also removes ``;<=>?@`` (so ``<unk>`` becomes ``unk`` on both sides).
+  The ``"."`` separators are words and count in every n-gram.
+* Chinese: NFKC, lowercase, punctuation removed, every CJK character one word, sentences joined by
+  ``" 。 "`` (see :mod:`cxrfm.text`).
 * No PTB tokenizer (R2Gen does not run it). Words = whitespace-split tokens.
 * R2Gen scores the *truncated, vocabulary-mapped* references (``ReportTokenizer.reference_text``);
   passing raw reports instead gives different, lower numbers. Say which you used.
@@ -23,18 +25,15 @@ and is 0 for a corpus of one report.
 from __future__ import annotations
 
 import logging
-import re
 import shutil
-import unicodedata
 from collections.abc import Sequence
 
-from cxrfm.errors import CXRFMError
+from cxrfm import text as _text
+from cxrfm.errors import ConfigError, CXRFMError
 
 logger = logging.getLogger(__name__)
 
 NLG_METRICS: tuple[str, ...] = ("BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "CIDEr")
-
-_R2GEN_PUNCTUATION = re.compile(r"[.,?;*!%^&_+():-\[\]{}]")
 
 
 class MetricError(CXRFMError, RuntimeError):
@@ -42,21 +41,11 @@ class MetricError(CXRFMError, RuntimeError):
 
 
 def normalize_report(text: str, language: str = "en") -> str:
-    """Apply the normalisation protocol of the module docstring to one report."""
-    if language == "zh":
-        text = unicodedata.normalize("NFKC", text)
-        kept = "".join(c if c == "。" or unicodedata.category(c)[0] not in "PS" else " " for c in text)
-        return " ".join(kept.split())
-    if language != "en":
-        raise MetricError(f"unknown language {language!r} (use 'en' or 'zh')")
-    sentences = []
-    for sentence in text.lower().split(". "):
-        for character in ('"', "/", "\\", "'"):
-            sentence = sentence.replace(character, "")
-        sentence = " ".join(_R2GEN_PUNCTUATION.sub("", sentence).split())
-        if sentence:
-            sentences.append(sentence)
-    return " . ".join(sentences) + " ." if sentences else ""
+    """:func:`cxrfm.text.normalize_report`, with an unknown language reported as a :class:`MetricError`."""
+    try:
+        return _text.normalize_report(text, language)
+    except ConfigError as exc:
+        raise MetricError(exc.reason) from None
 
 
 class MeteorScorer:

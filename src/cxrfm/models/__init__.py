@@ -14,7 +14,6 @@ from cxrfm.models.masking import (
     ContextAwareMasker,
     MaskingResult,
     RandomMasker,
-    patch_inside_fraction,
     random_masking,
     reference_chest_rectangle,
 )
@@ -33,7 +32,6 @@ __all__ = [
     "VisionTransformer",
     "mae_config",
     "mae_flops_per_image",
-    "patch_inside_fraction",
     "patchify",
     "random_masking",
     "reference_chest_rectangle",

@@ -18,7 +18,6 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cxrfm.errors import CheckpointError, ConfigError
-from cxrfm.models.flops import mae_flops_per_image  # noqa: F401  (re-exported for benchmarks)
 from cxrfm.models.layers import Block, init_transformer_weights, interpolate_pos_embed, sincos_pos_embed_2d
 from cxrfm.models.masking import MaskingResult
 from cxrfm.models.pretrained import (

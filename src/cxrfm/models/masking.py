@@ -19,7 +19,7 @@ import torch
 
 # The per-patch region helpers live with the anatomy (the lower layer); re-exported here because
 # they are what a masker's ``inside_fraction`` is computed with.
-from cxrfm.anatomy.regions import patch_inside_fraction, reference_rectangle_mask
+from cxrfm.utils.patch_grid import reference_rectangle_mask
 
 # Share of the reference rectangle in its 20x20 grid (130 / 400, exactly): the context-aware
 # masker's default nominal inside fraction, which fixes how many tokens it keeps.

@@ -288,3 +288,32 @@ class VisionTransformer(nn.Module):
             )
         load_weights(model, state, directory)
         return model
+
+
+def build_encoder(
+    weights: str | Path | None = None,
+    preset: str = "vit-tiny-cpu",
+    overrides: dict | None = None,
+    *,
+    image_size: tuple[int, int] | None = None,
+    **changes,
+) -> VisionTransformer:
+    """The one encoder factory of the recipes: a pretrained folder or a randomly initialised preset.
+
+    Args:
+        weights: a cxrfm ViT or MAE folder (its encoder is taken); None builds ``preset``.
+        preset: a key of :data:`VIT_PRESETS`, with ``overrides`` (its config fields) applied.
+        image_size: ``(H, W)`` to build / resize to (position embeddings are resampled), or None.
+        **changes: further config fields for either path, e.g. ``drop_path_rate=0.1``.
+    Raises:
+        ConfigError: ``model.encoder_overrides`` that the preset does not take.
+    """
+    if image_size is not None:
+        changes["image_size"] = tuple(int(side) for side in image_size)
+    if weights is not None:
+        return VisionTransformer.from_pretrained(Path(weights).expanduser(), **changes)
+    fields = {key: tuple(value) if key in ("image_size", "patch_size") else value for key, value in (overrides or {}).items()}
+    try:
+        return VisionTransformer(vit_config(preset, **{**fields, **changes}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("model.encoder_overrides", str(exc)) from None

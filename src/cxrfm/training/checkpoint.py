@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -30,6 +29,8 @@ from torch import nn
 
 from cxrfm.config import to_dict
 from cxrfm.errors import CheckpointError
+from cxrfm.utils.runtime import unwrap_model
+from cxrfm.utils.files import TEMPORARY_PREFIX, replace_folder, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -42,17 +43,6 @@ _STEP_PATTERN = re.compile(r"^step_(\d+)$")
 
 def checkpoint_name(step: int) -> str:
     return f"step_{step:07d}"
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP / ``torch.compile`` / EMA wrappers."""
-    while True:
-        if hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def is_complete(directory: Path) -> bool:
@@ -78,23 +68,6 @@ def _model_config_dict(model: nn.Module) -> dict:
     return {"model_class": type(model).__name__}
 
 
-def _fsync_tree(directory: Path) -> None:
-    """Flush every file and the folder itself, so a rename never exposes unwritten data."""
-    for path in directory.iterdir():
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def save_checkpoint(
     checkpoints_dir: str | Path,
     step: int,
@@ -107,19 +80,12 @@ def save_checkpoint(
     checkpoints_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(checkpoints_dir)
     name = checkpoint_name(step)
-    final = checkpoints_dir / name
-    temporary = checkpoints_dir / f".tmp-{name}-{os.getpid()}"
-    temporary.mkdir()
-    save_model_files(model, temporary)
-    torch.save(train_state, temporary / STATE_FILE)
-    _fsync_tree(temporary)
-    if final.exists():  # the same step saved again: move the old copy aside, then swap
-        retired = checkpoints_dir / f".tmp-retired-{name}-{os.getpid()}"
-        os.replace(final, retired)
-        os.replace(temporary, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary, final)
+
+    def write(folder: Path) -> None:
+        save_model_files(model, folder)
+        torch.save(train_state, folder / STATE_FILE)
+
+    final = replace_folder(checkpoints_dir / name, write)
     _write_latest(checkpoints_dir, name)
     if keep is not None:
         prune_checkpoints(checkpoints_dir, keep)
@@ -128,18 +94,11 @@ def save_checkpoint(
 
 
 def _write_latest(checkpoints_dir: Path, name: str) -> None:
-    pointer = checkpoints_dir / LATEST_FILE
-    temporary = checkpoints_dir / f".{LATEST_FILE}.tmp-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as handle:
-        handle.write(name + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, pointer)
-    _fsync_dir(checkpoints_dir)
+    write_text_atomic(checkpoints_dir / LATEST_FILE, name + "\n")
 
 
 def _remove_stale_temporaries(checkpoints_dir: Path) -> None:
-    for path in checkpoints_dir.glob(".tmp-*"):
+    for path in checkpoints_dir.glob(f"{TEMPORARY_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
 
 

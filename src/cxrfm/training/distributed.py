@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from cxrfm.utils.runtime import resolve_device
+
 log = logging.getLogger(__name__)
 
 
@@ -49,16 +51,6 @@ class DistributedContext:
 def launched_by_torchrun() -> bool:
     """True when ``WORLD_SIZE`` > 1 was set by a launcher."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``"auto"`` -> ``cuda:<local_rank>`` when a GPU is visible, else CPU; other strings as given."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    resolved = torch.device(device)
-    if resolved.type == "cuda" and resolved.index is None:
-        resolved = torch.device(f"cuda:{local_rank}")
-    return resolved
 
 
 def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistributedContext:
@@ -97,11 +89,6 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def is_main() -> bool:
-    """True on rank 0 (and in a single-process run): the rank that logs, plots and saves."""
-    return get_rank() == 0
-
-
 def barrier() -> None:
     if get_world_size() > 1:
         dist.barrier()
@@ -116,11 +103,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return reduced
 
 
-def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks, e.g. of a logged loss."""
-    return all_reduce_sum(tensor) / get_world_size()
-
-
 def all_gather_objects(obj):
     """Every rank's ``obj`` as a list indexed by rank (a one-item list in a single process)."""
     if get_world_size() == 1:
@@ -128,12 +110,3 @@ def all_gather_objects(obj):
     gathered = [None] * get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def broadcast_object(obj, src: int = 0):
-    """Rank ``src``'s ``obj`` on every rank."""
-    if get_world_size() == 1:
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=src)
-    return holder[0]

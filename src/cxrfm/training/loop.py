@@ -27,174 +27,30 @@ import contextlib
 import json
 import logging
 import math
-import os
 import re
-import shutil
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from cxrfm.config import save_config, to_dict
-from cxrfm.data.sample import CXRBatch, CXRSample, collate_samples
+from cxrfm.data.sample import CXRSample, collate_any
 from cxrfm.errors import CXRFMError, ConfigError, DatasetError
 from cxrfm.training import checkpoint as ckpt
 from cxrfm.training import distributed
-from cxrfm.training.optim import build_scheduler, cosine_weight_decay, default_param_groups, scaled_learning_rate
+from cxrfm.training.contract import BEST_DIR, BEST_FILE, StepContext, TrainConfig, TrainingTask, TrainResult
+from cxrfm.training.optim import build_scheduler, cosine_weight_decay
 from cxrfm.training.randomness import capture_rng_state, restore_rng_state
 from cxrfm.training.sampler import ResumableDistributedSampler
+from cxrfm.utils.files import replace_folder
+from cxrfm.utils.runtime import move_to_device
 
 log = logging.getLogger(__name__)
-
-BEST_DIR = "best"  # <output_dir>/best: weights of the best validation so far (TrainConfig.select_metric)
-BEST_FILE = "best.json"
-
-
-@dataclass
-class TrainConfig:
-    """Everything the loop needs; every task shares it.
-
-    Attributes:
-        output_dir: run folder (checkpoints/, figures/, tensorboard/, metrics.jsonl, config.yaml).
-        max_steps: optimiser steps.
-        batch_size: GLOBAL samples per optimiser step (all ranks and accumulation micro-steps).
-        grad_accum_steps: micro-steps per optimiser step.
-        lr: peak learning rate; None -> ``base_lr * batch_size / 256``.
-        base_lr: learning rate per 256 samples (used when ``lr`` is None).
-        weight_decay, betas: AdamW (no decay on biases, norms, position embeddings, tokens).
-        optimizer: ``adamw`` (decoupled weight decay) or ``adam`` (L2 penalty added to the
-            gradient, as R2Gen trains); amsgrad: the AMSGrad variant of either.
-            A parameter group returned by the task with its own ``"lr"`` keeps that peak learning
-            rate (e.g. encoder 5e-5, decoder 1e-4); the schedule scales every group alike.
-        weight_decay_end: when set, the decay of the decayed groups follows a half cosine from
-            ``weight_decay`` to this value (the HD-MAE code's 0.04 -> 0.4); None keeps it constant.
-        warmup_steps: linear warm-up steps; then half-cycle cosine down to ``min_lr``.
-        clip_grad: max global gradient norm, or None.
-        precision: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler).
-        ema_decay: keep an exponential moving average of the weights (e.g. 0.9999), or None.
-        checkpoint_every: save every N steps (0: only at the end); keep_checkpoints: keep the last K.
-        save_checkpoints: False saves nothing at all (benchmarks, smoke runs).
-        log_every, figure_every, validate_every: cadence in steps (0 disables figures/validation
-            except at the end).
-        select_metric: a key of the task's ``validate`` results (e.g. ``"BLEU-4"``, ``"loss"``):
-            after each validation whose value beats the best so far (``select_mode`` ``max`` or
-            ``min``), the weights are saved to ``<output_dir>/best/`` with ``best.json``
-            (step, metric, value). Model selection on validation data only; None keeps nothing.
-        figure_samples: samples in the fixed figure batch.
-        seed: base seed of data order, per-sample randomness and global RNGs.
-        num_workers: DataLoader worker processes per rank.
-        num_threads: torch CPU threads (None: torch's default). On shared CPUs 1 is often faster.
-        device: ``auto`` (cuda:<local rank> if available, else cpu), ``cpu``, ``cuda``.
-        compile: wrap the model in ``torch.compile``.
-        shuffle: shuffle map-style datasets each epoch.
-        tensorboard, progress_bar: rank-0 outputs.
-        find_unused_parameters: passed to DDP for tasks that skip some parameters.
-    """
-
-    output_dir: str = "runs/untitled"
-    max_steps: int = 100
-    batch_size: int = 8
-    grad_accum_steps: int = 1
-    lr: float | None = None
-    base_lr: float = 1.5e-4
-    weight_decay: float = 0.05
-    weight_decay_end: float | None = None
-    betas: tuple[float, float] = (0.9, 0.95)
-    optimizer: Literal["adamw", "adam"] = "adamw"
-    amsgrad: bool = False
-    warmup_steps: int = 0
-    min_lr: float = 0.0
-    clip_grad: float | None = None
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
-    ema_decay: float | None = None
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 3
-    save_checkpoints: bool = True
-    log_every: int = 10
-    figure_every: int = 0
-    validate_every: int = 0
-    select_metric: str | None = None
-    select_mode: Literal["max", "min"] = "max"
-    figure_samples: int = 4
-    seed: int = 0
-    num_workers: int = 0
-    num_threads: int | None = None
-    device: str = "auto"
-    compile: bool = False
-    shuffle: bool = True
-    tensorboard: bool = True
-    progress_bar: bool = True
-    find_unused_parameters: bool = False
-
-    def __post_init__(self):
-        for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every", "figure_samples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "checkpoint_every", "keep_checkpoints", "figure_every", "validate_every", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
-
-    def peak_lr(self) -> float:
-        """The learning rate at the end of warm-up."""
-        return self.lr if self.lr is not None else scaled_learning_rate(self.base_lr, self.batch_size)
-
-
-@dataclass
-class StepContext:
-    """What a task's ``training_step`` may need besides the model and the batch.
-
-    ``epoch`` and ``seed`` key per-sample randomness (see :func:`batch_sample_ids`).
-    """
-
-    step: int
-    epoch: int
-    micro_step: int
-    seed: int
-    device: torch.device
-    rank: int
-    world_size: int
-    config: TrainConfig
-
-
-@runtime_checkable
-class TrainingTask(Protocol):
-    """What a task provides. Optional hooks, looked up with ``getattr``:
-
-    * ``on_figure(model, batch, step, out_dir) -> None`` (rank 0, no grad, fixed batch);
-    * ``validate(model, step) -> dict[str, float]`` (rank 0; ``TrainConfig.select_metric`` picks
-      one of its keys to keep the best weights by);
-    * ``on_train_end(model, ema_model, output_dir) -> None`` (rank 0, e.g. export an encoder).
-    """
-
-    def training_step(self, model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        """Forward once; return ``{"loss": scalar tensor with grad, other_name: scalar, ...}``."""
-        ...
-
-    def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict]:
-        """AdamW parameter groups (see :func:`default_param_groups`)."""
-        ...
-
-
-class BaseTask:
-    """Convenience base: default parameter groups, no optional hooks."""
-
-    def param_groups(self, model: nn.Module, config: TrainConfig) -> list[dict]:
-        return default_param_groups(model, config.weight_decay)
-
-    def training_step(self, model: nn.Module, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        raise NotImplementedError
-
 
 class NonFiniteLossError(CXRFMError):
     """Training diverged: the loss (or gradient norm) became NaN/inf. Nothing was saved after it."""
@@ -207,18 +63,6 @@ class NonFiniteLossError(CXRFMError):
             f"{what} became {value} at step {step}; stopped without saving ({where}). "
             "Lower the learning rate, enable clip_grad or use bf16/fp32, then resume with --resume."
         )
-
-
-@dataclass
-class TrainResult:
-    """What :meth:`Trainer.fit` returns (on every rank)."""
-
-    step: int
-    metrics: dict[str, float]
-    last_checkpoint: Path | None
-    output_dir: Path
-    history: list[dict[str, float]] = field(default_factory=list)
-    best: dict[str, Any] | None = None  # {"step", "metric", "value", "path"} with select_metric
 
 
 class _IndexedDataset(Dataset):
@@ -237,32 +81,6 @@ class _IndexedDataset(Dataset):
         return sample
 
 
-def batch_sample_ids(batch: CXRBatch) -> torch.Tensor:
-    """``(B,)`` int64 ids of a batch's samples, which key per-sample random numbers.
-
-    The dataset index (``meta["index"]``, set by the Trainer for map-style datasets), else a CRC32
-    of ``meta["path"]`` / ``meta["shard_key"]`` / ``meta["key"]`` (shard streams). Never the batch
-    position or rank, so the numbers do not depend on how batches are split.
-    """
-    ids = []
-    for position, meta in enumerate(batch.meta):
-        if "index" in meta:
-            ids.append(int(meta["index"]))
-            continue
-        name = next((meta[key] for key in ("path", "shard_key", "key") if meta.get(key)), None)
-        if name is None:
-            raise DatasetError("batch", f"sample {position} has no meta index, path or key to identify it")
-        ids.append(zlib.crc32(str(name).encode("utf-8")))
-    return torch.tensor(ids, dtype=torch.int64)
-
-
-def collate_any(samples: list) -> Any:
-    """:func:`collate_samples` for :class:`CXRSample` lists, torch's ``default_collate`` otherwise."""
-    if samples and isinstance(samples[0], CXRSample):
-        return collate_samples(samples)
-    return default_collate(samples)
-
-
 def _json_line(record: dict) -> str:
     """One JSONL line; NaN/inf (e.g. a ratio over a region no sample has) become null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -276,34 +94,9 @@ def _autocast(precision: str, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def _to_device(batch: Any, device: torch.device) -> Any:
-    if hasattr(batch, "to"):
-        return batch.to(device, non_blocking=device.type == "cuda")
-    if isinstance(batch, (list, tuple)):
-        return type(batch)(_to_device(item, device) for item in batch)
-    if isinstance(batch, dict):
-        return {key: _to_device(value, device) for key, value in batch.items()}
-    return batch
-
-
 def _write_best(folder: Path, model: nn.Module, best: dict[str, Any]) -> None:
     ckpt.save_model_files(model, folder)
     (folder / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n", encoding="utf-8")
-
-
-def _replace_folder(target: Path, write: Callable[[Path], None]) -> None:
-    """Write a folder next to ``target`` and swap it in, so a crash never leaves a half-written one."""
-    temporary = target.with_name(f".tmp-{target.name}-{os.getpid()}")
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    write(temporary)
-    if target.exists():
-        retired = target.with_name(f".tmp-retired-{target.name}-{os.getpid()}")
-        os.replace(target, retired)
-        os.replace(temporary, target)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(temporary, target)
 
 
 class Trainer:
@@ -588,7 +381,7 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         for micro_step in range(accum):
             epoch, batch = next(batches)
-            batch = _to_device(batch, self.device)
+            batch = move_to_device(batch, self.device)
             context = StepContext(
                 self.step, epoch, micro_step, config.seed, self.device, self.dist.rank, self.dist.world_size, config
             )
@@ -698,7 +491,7 @@ class Trainer:
         was_training = model.training
         model.eval()
         with torch.no_grad():
-            hook(model, _to_device(figure_batch, self.device), self.step, self.output_dir / "figures")
+            hook(model, move_to_device(figure_batch, self.device), self.step, self.output_dir / "figures")
         model.train(was_training)
 
     def _validate(self) -> None:
@@ -734,7 +527,7 @@ class Trainer:
             if value <= previous if self.config.select_mode == "max" else value >= previous:
                 return
         self.best = {"step": self.step, "metric": name, "value": value}
-        _replace_folder(self.output_dir / BEST_DIR, lambda folder: _write_best(folder, model, self.best))
+        replace_folder(self.output_dir / BEST_DIR, lambda folder: _write_best(folder, model, self.best))
         log.info("best %s so far: %.4g at step %d (saved to %s)", name, value, self.step, self.output_dir / BEST_DIR)
 
     # ----------------------------------------------------------------------------- checkpoints

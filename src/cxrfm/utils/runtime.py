@@ -1,15 +1,18 @@
-"""Seeding, logging configuration (CLI only) and run folders."""
+"""Seeding, logging configuration (CLI only), run folders, the device resolver and batch-to-device."""
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
+from cxrfm.errors import ConfigError
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -53,7 +56,50 @@ def make_run_dir(root: str | Path, name: str | None = None) -> Path:
     return run_dir
 
 
-def env_int(name: str, default: int) -> int:
-    """Read an integer environment variable (e.g. torchrun's RANK) with a default."""
-    value = os.environ.get(name)
-    return default if value in (None, "") else int(value)
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+    """The one device resolver of the toolkit.
+
+    ``"auto"`` -> ``cuda:<local_rank>`` when a GPU is visible, else CPU; ``"cuda"`` ->
+    ``cuda:<local_rank>``; ``"cuda:1"``, ``"cpu"``, ``"mps"`` as given. A CUDA device asked for on a
+    machine without one, or a string torch does not know, is a :class:`ConfigError`.
+    """
+    if isinstance(device, torch.device):
+        resolved = device
+    elif str(device).strip().lower() == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        try:
+            resolved = torch.device(str(device).strip().lower())
+        except (RuntimeError, ValueError):
+            raise ConfigError("device", f"{device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"{device!r} was asked for but no CUDA GPU is visible; use auto or cpu")
+        if resolved.index is None:
+            resolved = torch.device(f"cuda:{local_rank}")
+    return resolved
+
+
+def move_to_device(batch: Any, device: torch.device) -> Any:
+    """The one batch-to-device helper: tensors, objects with ``.to``, and lists/tuples/dicts of them.
+
+    Copies are non-blocking on CUDA (batches come from pinned memory there).
+    """
+    if hasattr(batch, "to"):
+        return batch.to(device, non_blocking=device.type == "cuda")
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: move_to_device(value, device) for key, value in batch.items()}
+    return batch
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP / ``torch.compile`` / EMA wrappers."""
+    while True:
+        if hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        elif hasattr(model, "_orig_mod") and isinstance(model._orig_mod, nn.Module):
+            model = model._orig_mod
+        else:
+            return model

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrfm.errors import CheckpointError
+from cxrfm.errors import CheckpointError, ConfigError
+from cxrfm.models.layers import interpolate_pos_embed
 from cxrfm.models.pretrained import config_from_record, load_weights, read_config_record, read_weights, write_pretrained
 from cxrfm.models.vit import ViTConfig
 
@@ -93,15 +94,33 @@ class ClassifierConfig:
         return len(self.label_names)
 
 
+# kind -> class; filled by each subclass's ``kinds`` as it is defined (see ``__init_subclass__``),
+# so loading dispatches on the saved kind without this module importing its subclasses.
+_CLASSES_BY_KIND: dict[str, type["ClassifierBase"]] = {}
+
+
 class ClassifierBase(nn.Module):
     """Save/load, the frozen trunk and parameter groups.
 
     Subclasses define ``forward_from_trunk(tokens) -> (B, K)``; ``forward`` takes images (or
-    precomputed trunk tokens) and returns logits ``(B, K)``.
+    precomputed trunk tokens) and returns logits ``(B, K)``. A subclass lists the config kinds it
+    implements in ``kinds`` and, when its constructor needs more than ``(config, encoder)``,
+    overrides :meth:`build`.
     """
 
     config: ClassifierConfig
     encoder: nn.Module
+    kinds: tuple[str, ...] = ()
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        for kind in cls.kinds:
+            _CLASSES_BY_KIND[kind] = cls
+
+    @classmethod
+    def build(cls, config: ClassifierConfig, encoder: nn.Module | None = None, label_embeddings: torch.Tensor | None = None) -> "ClassifierBase":
+        """A new classifier of this class (``label_embeddings`` are for the kinds that use them)."""
+        return cls(config, encoder=encoder)
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -253,10 +272,6 @@ def load_classifier(directory: str | Path, **overrides) -> ClassifierBase:
     ``overrides`` replace encoder fields, e.g. ``image_size=(384, 384)`` (position embeddings are
     then regenerated / resampled as for the ViT).
     """
-    from cxrfm.models.classify.pooled import PooledClassifier
-    from cxrfm.models.classify.vtb import VTBClassifier
-    from cxrfm.models.layers import interpolate_pos_embed
-
     record = read_config_record(directory)
     if record.pop("model_type") != MODEL_TYPE:
         raise CheckpointError(directory, "not a classifier folder (config.json model_type is not 'classifier')")
@@ -267,12 +282,9 @@ def load_classifier(directory: str | Path, **overrides) -> ClassifierBase:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(directory, f"bad override: {exc}") from None
     state = read_weights(directory)
-    if config.kind == "vtb":
-        # A placeholder the saved buffer overwrites: the text encoder is not loaded.
-        placeholder = torch.zeros(config.num_labels, config.label_embedding_dim)
-        model: ClassifierBase = VTBClassifier(config, label_embeddings=placeholder)
-    else:
-        model = PooledClassifier(config)
+    # The label-embedding placeholder is overwritten by the saved buffer: no text encoder is loaded.
+    placeholder = torch.zeros(config.num_labels, config.label_embedding_dim)
+    model = classifier_class(config.kind).build(config, label_embeddings=placeholder)
     if "encoder.pos_embed" in state and config.encoder.pos_embed == "learned":
         state["encoder.pos_embed"] = interpolate_pos_embed(
             state["encoder.pos_embed"], saved_encoder.grid_size, config.encoder.grid_size, config.encoder.num_prefix_tokens
@@ -288,12 +300,14 @@ def build_classifier(
 ) -> ClassifierBase:
     """A new classifier of ``config.kind``; ``encoder`` (a pretrained VisionTransformer whose
     config equals ``config.encoder``) replaces the random one."""
-    from cxrfm.models.classify.pooled import PooledClassifier
-    from cxrfm.models.classify.vtb import VTBClassifier
+    return classifier_class(config.kind).build(config, encoder, label_embeddings)
 
-    if config.kind == "vtb":
-        return VTBClassifier(config, encoder=encoder, label_embeddings=label_embeddings)
-    return PooledClassifier(config, encoder=encoder)
+
+def classifier_class(kind: str) -> type[ClassifierBase]:
+    """The class registered for a config ``kind`` (``vtb``, ``linear_probe``, ``finetune``)."""
+    if kind not in _CLASSES_BY_KIND:
+        raise ConfigError("model.kind", f"no classifier implements kind {kind!r}; known: {sorted(_CLASSES_BY_KIND)}")
+    return _CLASSES_BY_KIND[kind]
 
 
 def head_init_(weight: torch.Tensor, bias: torch.Tensor | None) -> None:

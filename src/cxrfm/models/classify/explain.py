@@ -1,4 +1,4 @@
-"""Per-label heatmaps on the image, and the figure that shows them (paper Figs. 9 / 11).
+"""Per-label heatmaps on the image (paper Figs. 9 / 11; drawn by :mod:`cxrfm.figures.heatmaps`).
 
 * VTB: **attention rollout** from each label token to the image patches. Plain rollout (Abnar &
   Zuidema, 2020; ``weighting="none"``) averages each block's attention over heads, adds the
@@ -19,9 +19,6 @@ and scales each to ``[0, 1]``.
 
 from __future__ import annotations
 
-import textwrap
-from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -146,64 +143,6 @@ def label_heatmaps(model: ClassifierBase, images: torch.Tensor) -> tuple[torch.T
     return (maps - low) / (high - low).clamp(min=1e-12), probabilities
 
 
-def save_heatmap_figure(
-    path: str | Path,
-    images: np.ndarray | torch.Tensor,
-    heatmaps: np.ndarray | torch.Tensor,
-    probabilities: np.ndarray | torch.Tensor,
-    label_names: Sequence[str],
-    labels: np.ndarray | torch.Tensor | None = None,
-    thresholds: Sequence[float] | None = None,
-    *,
-    panel_inches: float = 2.4,
-    alpha: float = 0.45,
-    dpi: int = 110,
-) -> Path:
-    """One row per image: the image (ground truth in the title), then each label's heat overlay
-    titled with its name and predicted probability (bold when called positive).
-
-    Args:
-        images: ``(N, 1, H, W)`` or ``(N, H, W)`` in ``[0, 1]``.
-        heatmaps: ``(N, K, H, W)`` in ``[0, 1]``.
-        probabilities: ``(N, K)``.
-        labels: ``(N, K)`` ground truth (1 / 0 / NaN) or None.
-        thresholds: ``(K,)`` decision thresholds (default 0.5).
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    images, heatmaps, probabilities = (_numpy(a) for a in (images, heatmaps, probabilities))
-    images = images[:, 0] if images.ndim == 4 else images
-    thresholds = np.full(len(label_names), 0.5) if thresholds is None else np.asarray(thresholds)
-    rows, columns = images.shape[0], len(label_names) + 1
-    figure = Figure(figsize=(columns * panel_inches, rows * (panel_inches + 0.3)))
-    FigureCanvasAgg(figure)
-    for row in range(rows):
-        axis = figure.add_subplot(rows, columns, row * columns + 1)
-        axis.imshow(images[row], cmap="gray", vmin=0, vmax=1)
-        truth = "" if labels is None else _truth_text(_numpy(labels)[row], label_names)
-        axis.set_title(truth or "image", fontsize=8)
-        axis.axis("off")
-        for k, name in enumerate(label_names):
-            axis = figure.add_subplot(rows, columns, row * columns + k + 2)
-            axis.imshow(images[row], cmap="gray", vmin=0, vmax=1)
-            axis.imshow(heatmaps[row, k], cmap="jet", vmin=0, vmax=1, alpha=alpha)
-            positive = probabilities[row, k] >= thresholds[k]
-            axis.set_title(f"{name}\np = {probabilities[row, k]:.2f}", fontsize=8, fontweight="bold" if positive else "normal")
-            axis.axis("off")
-    figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi)
-    return path
-
-
-def _truth_text(row: np.ndarray, label_names: Sequence[str]) -> str:
-    positives = [name for name, value in zip(label_names, row) if value == 1]
-    # Wrapped so long lists stay inside their panel.
-    return textwrap.fill("truth: " + (", ".join(positives) if positives else "none of these"), width=28)
-
-
 def _numpy(array) -> np.ndarray:
     if isinstance(array, torch.Tensor):
         return array.detach().float().cpu().numpy()
@@ -214,6 +153,5 @@ __all__ = [
     "attention_probabilities",
     "label_heatmaps",
     "pooled_gradcam",
-    "save_heatmap_figure",
     "vtb_attention_rollout",
 ]

@@ -21,6 +21,8 @@ class PooledClassifier(ClassifierBase):
         encoder: a (pretrained) :class:`VisionTransformer` with ``config.encoder``, or None.
     """
 
+    kinds = ("linear_probe", "finetune")
+
     def __init__(self, config: ClassifierConfig, encoder: VisionTransformer | None = None):
         super().__init__()
         if config.kind not in ("linear_probe", "finetune"):
@@ -36,10 +38,6 @@ class PooledClassifier(ClassifierBase):
         head_init_(self.head.weight, self.head.bias)
         self.logit_norm = nn.BatchNorm1d(config.num_labels) if config.logit_batchnorm else None
         self.freeze_trunk()
-
-    def last_block_tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W)`` -> ``(B, T, D)`` after the last block, before the final norm."""
-        return self.encoder.forward_blocks(self.trunk_tokens(images), self.num_frozen_blocks)
 
     def pool(self, normed_tokens: torch.Tensor) -> torch.Tensor:
         """``(B, T, D)`` -> ``(B, D)``: mean of the patch tokens, or the class token."""

@@ -31,6 +31,8 @@ class VTBClassifier(ClassifierBase):
             ``config.text_model`` (ignored for ``label_embedding="learned"``).
     """
 
+    kinds = ("vtb",)
+
     def __init__(
         self,
         config: ClassifierConfig,
@@ -54,6 +56,10 @@ class VTBClassifier(ClassifierBase):
         self.logit_norm = nn.BatchNorm1d(config.num_labels) if config.logit_batchnorm else None
         self._init_new_weights()
         self.freeze_trunk()
+
+    @classmethod
+    def build(cls, config: ClassifierConfig, encoder=None, label_embeddings: torch.Tensor | None = None) -> "VTBClassifier":
+        return cls(config, encoder=encoder, label_embeddings=label_embeddings)
 
     def _init_new_weights(self) -> None:
         nn.init.xavier_uniform_(self.label_projection.weight)

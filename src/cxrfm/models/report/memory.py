@@ -83,10 +83,6 @@ class RelationalMemory(nn.Module):
         self.input_gates = nn.Linear(d_model, 2 * d_model)
         self.memory_gates = nn.Linear(d_model, 2 * d_model)
 
-    @property
-    def state_size(self) -> int:
-        return self.num_slots * self.d_model
-
     def initial_state(self, batch_size: int, device=None, dtype=None) -> torch.Tensor:
         """``(B, S * d)``: slot ``i`` starts as the one-hot vector ``e_i`` (zero-padded to ``d``)."""
         eye = torch.eye(self.num_slots, self.d_model, device=device, dtype=dtype)

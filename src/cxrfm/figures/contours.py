@@ -9,7 +9,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cxrfm.anatomy.regions import patch_inside_fraction
+from cxrfm.utils.patch_grid import patch_inside_fraction
 
 
 def _as_batch(array: torch.Tensor | np.ndarray) -> np.ndarray:
