@@ -169,3 +169,20 @@ def test_gradient_checkpointing_gives_same_gradients():
     for (name, param), other in zip(plain.named_parameters(), checkpointed.parameters()):
         assert param.grad is not None and param.grad.abs().sum() > 0, name
         torch.testing.assert_close(other.grad, param.grad, msg=name)
+
+
+def test_build_encoder_builds_presets_and_resizes_pretrained_folders(tmp_path):
+    from cxrfm.errors import ConfigError
+    from cxrfm.models.vit import build_encoder
+
+    torch.manual_seed(0)
+    random = build_encoder(None, "vit-tiny-cpu", {"depth": 2, "patch_size": [8, 8]}, image_size=(32, 48), drop_path_rate=0.1)
+    assert random.config.depth == 2 and random.config.image_size == (32, 48) and random.config.drop_path_rate == 0.1
+    random.save_pretrained(tmp_path / "vit")
+    resized = build_encoder(tmp_path / "vit", image_size=(64, 64))
+    assert resized.config.image_size == (64, 64) and resized.config.depth == 2
+    same = build_encoder(tmp_path / "vit")
+    for name, value in random.state_dict().items():
+        assert torch.equal(same.state_dict()[name], value), name
+    with pytest.raises(ConfigError, match="model.encoder_overrides"):
+        build_encoder(None, "vit-tiny-cpu", {"no_such_field": 1})

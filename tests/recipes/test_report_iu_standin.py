@@ -15,7 +15,7 @@ from cxrfm.data.phantom import PhantomDataset
 from cxrfm.io import write_image
 from cxrfm.recipes.report import build_report_split, run_report_training
 
-from _report_configs import tiny_report_config
+from report_configs import tiny_report_config
 
 STUDIES = {"train": 8, "val": 3, "test": 3}
 

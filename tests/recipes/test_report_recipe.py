@@ -16,7 +16,7 @@ from cxrfm.errors import ConfigError
 from cxrfm.models.report import ReportGenerator
 from cxrfm.recipes.report import ReportTrainConfig, run_report_training
 
-from _report_configs import tiny_report_config
+from report_configs import tiny_report_config
 
 
 def test_phantom_run_lowers_the_loss_and_writes_a_loadable_model(trained_report_run):

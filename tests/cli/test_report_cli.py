@@ -78,7 +78,7 @@ def test_evaluate_names_missing_references(tmp_path, capsys):
 
 def test_train_from_the_cli(tmp_path):
     config = tmp_path / "tiny.yaml"
-    from _report_configs import tiny_report_config
+    from report_configs import tiny_report_config
 
     from cxrfm.config import save_config
 
