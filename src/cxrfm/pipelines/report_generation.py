@@ -228,20 +228,6 @@ def report_text(sample: CXRSample, text: str, language: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _record_text(record, text: str) -> str | None:
-    parts = {"findings": [record.findings], "impression": [record.impression]}.get(text, [record.findings, record.impression])
-    joined = " ".join(p.strip() for p in parts if p and p.strip())
-    return joined or None
-
-
-def split_texts(dataset: Dataset, text: str, language: str) -> list[str | None]:
-    """Each item's target report, read from the records when they hold it (no image is loaded)."""
-    records = getattr(dataset, "records", None)
-    if language == "en" and records is not None and not any(r.report_file for r in records):
-        return [_record_text(record, text) for record in records]
-    return [report_text(dataset[i], text, language) for i in range(len(dataset))]
-
-
 class _OptionalTargets(Dataset):
     """Every item of ``dataset``; ``meta["target_text"]`` set where the item has a report."""
 
