@@ -55,7 +55,9 @@ def test_shard_streams_are_a_kind_too(tmp_path):
 @pytest.mark.parametrize(
     ("spec", "field", "message"),
     [
-        ({"kind": "padchest"}, "data.kind", "unknown dataset kind 'padchest'; known: phantom, shards, folder"),
+        ({"kind": "padchest"}, "data", "kind: unknown dataset kind 'padchest'; known: phantom, shards, folder"),
+        ({"kind": "phantom", "num_samples": {"train": 0}}, "data", "num_samples.train must be an integer >= 1"),
+        ({"kind": "phantom", "max_samples": -3}, "data", "max_samples must be an integer >= 1"),
         ({"kind": "covid"}, "data.root", "needs a root"),
         ({"kind": "openist", "root": "/no/such/folder"}, "data.root", "does not exist"),
         ({"kind": "phantom", "options": {"no_such_option": 1}}, "data.options", "no_such_option"),
@@ -70,6 +72,8 @@ def test_bad_specs_are_config_errors_naming_the_field(spec, field, message, tmp_
 
 def test_kind_names_are_canonical_and_every_adapter_is_known():
     assert DatasetSpec(kind="IU_Xray").kind == "iu-xray"
+    with pytest.raises(ValueError, match="unknown dataset kind"):
+        DatasetSpec(kind="padchest")
     assert set(ADAPTERS) < set(KINDS) and {"phantom", "shards"} < set(KINDS)
     spec = from_dict(DatasetSpec, {"kind": "phantom", "num_samples": {"train": 2}})
     assert spec.count("train") == 2

@@ -18,7 +18,7 @@ import json
 import logging
 from pathlib import Path
 
-from cxrfm.cli.common import add_config_arguments
+from cxrfm.cli.common import add_config_arguments, non_negative_int, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--model", required=True, help="a classifier folder (<run>/model)")
     predict.add_argument("--input", required=True, help="an image folder, or a manifest (.csv / .jsonl)")
     predict.add_argument("--out", required=True, help="output CSV: path, one probability column per label, positives")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=positive_int, default=32)
     predict.set_defaults(func=_predict)
 
     evaluate = actions.add_parser("evaluate", help="metric table with bootstrap CIs on a labelled split")
@@ -50,10 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                           help="dataset option (default: the training run's, e.g. label_set=coarse)")
-    evaluate.add_argument("--num-samples", type=int, default=64, help="phantom only")
-    evaluate.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (0: none)")
+    evaluate.add_argument("--num-samples", type=positive_int, default=64, help="phantom only")
+    evaluate.add_argument("--bootstrap", type=non_negative_int, default=1000, help="bootstrap resamples (0: none)")
     evaluate.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    evaluate.add_argument("--batch-size", type=int, default=32)
+    evaluate.add_argument("--batch-size", type=positive_int, default=32)
     evaluate.add_argument("--out", help="also write the metrics as JSON here")
     evaluate.add_argument("--heatmaps", help="also write a heatmap figure of the first images here (PNG)")
     evaluate.set_defaults(func=_evaluate)

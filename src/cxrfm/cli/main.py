@@ -42,6 +42,36 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+EXIT_USER_ERROR = 2  # argparse uses 2 for bad arguments too
+EXIT_INTERRUPTED = 130
+
+
+def run_verb(args: argparse.Namespace) -> int:
+    """The one place where a verb's failure on the user's input becomes one line and an exit code.
+
+    cxrfm's own errors (:class:`CXRFMError`: ImageReadError, DatasetError, ConfigError,
+    CheckpointError) already name the file or field; an operating-system error names the path.
+    Both are logged as a single line and exit with :data:`EXIT_USER_ERROR`. Anything else is a
+    bug in cxrfm and keeps its traceback.
+    """
+    try:
+        return int(args.func(args) or 0)
+    except CXRFMError as exc:
+        log.error("%s", one_line(str(exc)))
+    except OSError as exc:  # a path the user gave: missing, a folder, not writable, disk full
+        where = f"{exc.filename}: " if exc.filename else ""
+        log.error("%s%s", where, one_line(exc.strerror or str(exc)))
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return EXIT_INTERRUPTED
+    return EXIT_USER_ERROR
+
+
+def one_line(message: str) -> str:
+    """A message folded onto one line (library reasons sometimes span several)."""
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,15 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     configure_logging(logging.DEBUG if args.verbose else logging.INFO)
-    try:
-        return int(args.func(args) or 0)
-    except CXRFMError as exc:
-        # Our errors already name the file or field: show them without a traceback.
-        log.error("%s", exc)
-        return 2
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        return 130
+    return run_verb(args)
 
 
 if __name__ == "__main__":

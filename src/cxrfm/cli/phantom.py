@@ -13,6 +13,8 @@ import hashlib
 import logging
 from pathlib import Path
 
+from cxrfm.cli.common import fraction, non_negative_int, positive_int
+
 log = logging.getLogger(__name__)
 
 
@@ -24,9 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--count", type=int, default=16, help="number of phantoms (default 16)")
-    parser.add_argument("--size", type=int, nargs=2, default=(512, 512), metavar=("H", "W"), help="image size")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the first phantom; phantom i uses seed + i")
+    parser.add_argument("--count", type=positive_int, default=16, help="number of phantoms (default 16)")
+    parser.add_argument("--size", type=positive_int, nargs=2, default=(512, 512), metavar=("H", "W"), help="image size")
+    parser.add_argument("--seed", type=non_negative_int, default=0, help="seed of the first phantom; phantom i uses seed + i")
     parser.add_argument(
         "--finding",
         dest="finding_probs",
@@ -36,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="probability of a finding, e.g. --finding 'Pleural Effusion=0.3' (repeatable; "
         "default: the built-in mix; --finding none for all-normal phantoms)",
     )
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="share of phantoms in the val split")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="share of phantoms in the test split")
+    parser.add_argument("--val-fraction", type=fraction, default=0.1, help="share of phantoms in the val split")
+    parser.add_argument("--test-fraction", type=fraction, default=0.1, help="share of phantoms in the test split")
     parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="PNG bit depth of the images")
     parser.add_argument("--no-gallery", action="store_true", help="do not write gallery.png")
     parser.set_defaults(func=run)
@@ -79,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
 
     from cxrfm.data.phantom import DEFAULT_FINDING_PROBS, PhantomConfig, PhantomDataset
     from cxrfm.errors import ConfigError
+    from cxrfm.utils.runtime import output_folder
 
     if args.count < 1:
         raise ConfigError("--count", f"must be >= 1, got {args.count}")
@@ -94,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         finding_probs=DEFAULT_FINDING_PROBS if probs is None else probs,
         config=PhantomConfig(size=tuple(args.size)),
     )
-    out = Path(args.out)
+    out = output_folder(args.out, "--out")
     for folder in ("images", "masks", "chest_masks"):
         (out / folder).mkdir(parents=True, exist_ok=True)
     rows, gallery = [], []

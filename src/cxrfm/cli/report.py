@@ -31,7 +31,7 @@ import os
 import sys
 from pathlib import Path
 
-from cxrfm.cli.common import add_config_arguments
+from cxrfm.cli.common import add_config_arguments, positive_int
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +56,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     generate.add_argument("--model", required=True, type=Path, help="a trained model folder (<run>/model)")
     generate.add_argument("--input", required=True, type=Path, help="folder of images, or a manifest (.csv/.jsonl or a folder holding one)")
     generate.add_argument("--out", required=True, type=Path, help="predictions file (.jsonl or .csv)")
-    generate.add_argument("--beam", type=int, default=None, help="beam size (default: the model's generation.json, 3)")
-    generate.add_argument("--batch-size", type=int, default=None)
+    generate.add_argument("--beam", type=positive_int, default=None, help="beam size (default: the model's generation.json, 3)")
+    generate.add_argument("--batch-size", type=positive_int, default=None)
     generate.add_argument("--split", default=None, help="only this split of a manifest")
     generate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     generate.set_defaults(func=_generate)
@@ -191,18 +191,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m cxrfm.cli.report ACTION ...``: the same as ``cxrfm report ACTION ...``."""
-    from cxrfm.errors import CXRFMError
+    from cxrfm.cli.main import run_verb
     from cxrfm.utils import configure_logging
 
     parser = argparse.ArgumentParser(prog="python -m cxrfm.cli.report")
     register(parser.add_subparsers(dest="verb", required=True))
     args = parser.parse_args(["report", *(sys.argv[1:] if argv is None else argv)])
     configure_logging(logging.INFO)
-    try:
-        return int(args.func(args) or 0)
-    except CXRFMError as exc:
-        log.error("%s", exc)
-        return 2
+    return run_verb(args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cxrfm.cli.common import add_config_arguments
+from cxrfm.cli.common import add_config_arguments, fraction, non_negative_int
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     predict.add_argument("--weights", required=True, help="folder with config.json + model.safetensors")
     predict.add_argument("--input", required=True, help="image folder, or a manifest CSV with an 'image' column")
     predict.add_argument("--out", required=True, help="output folder (mask PNGs, 255 = lung)")
-    predict.add_argument("--threshold", type=float, default=0.5)
-    predict.add_argument("--keep-largest", type=int, default=2, help="connected components to keep (0 = all)")
+    predict.add_argument("--threshold", type=fraction, default=0.5)
+    predict.add_argument("--keep-largest", type=non_negative_int, default=2, help="connected components to keep (0 = all)")
     predict.add_argument("--overlays", action="store_true", help="also write contour overlay figures")
     predict.add_argument("--device", default="cpu")
     predict.set_defaults(func=_predict)

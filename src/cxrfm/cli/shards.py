@@ -9,6 +9,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from cxrfm.cli.common import non_negative_int, positive_int
+
 log = logging.getLogger(__name__)
 
 DATASET_KINDS = ("folder", "manifest", "openist", "covid", "iu-xray", "mimic", "chexpert", "nih", "rsna")  # = registry.ADAPTERS (tested)
@@ -49,13 +51,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     write.add_argument("--dataset", required=True, choices=DATASET_KINDS, help="dataset adapter")
     write.add_argument("--root", required=True, type=Path, help="dataset folder (manifest: the manifest file)")
     write.add_argument("--out", required=True, type=Path, help="output folder")
-    write.add_argument("--size", nargs=2, type=int, default=[1280, 1280], metavar=("H", "W"), help="image size (default 1280 1280)")
+    write.add_argument("--size", nargs=2, type=positive_int, default=[1280, 1280], metavar=("H", "W"), help="image size (default 1280 1280)")
     write.add_argument("--mode", choices=("pad", "stretch"), default="pad", help="resize mode (default pad)")
     write.add_argument("--split", action="append", help="only this split (repeatable); default all")
     write.add_argument("--encoding", choices=("png16", "png8", "jpeg"), default="png16", help="image encoding (default png16)")
-    write.add_argument("--max-samples-per-shard", type=int, default=1000, help="default 1000")
+    write.add_argument("--max-samples-per-shard", type=positive_int, default=1000, help="default 1000")
     write.add_argument("--max-shard-bytes", type=_byte_count, default=1 << 30, help="e.g. 1G (default), 500M")
-    write.add_argument("--workers", type=int, default=0, help="processes that read, resize and encode (default 0: this one)")
+    write.add_argument("--workers", type=non_negative_int, default=0, help="processes that read, resize and encode (default 0: this one)")
     write.add_argument("--skip-unreadable", action="store_true", help="leave unreadable images out (listed in index.json)")
     write.add_argument("--check", action="store_true", help="read every image once before writing and stop if any fails")
     write.add_argument(

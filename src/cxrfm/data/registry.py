@@ -73,7 +73,19 @@ class DatasetSpec:
     options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.kind = canonical_kind(self.kind)
+        try:
+            self.kind = canonical_kind(self.kind)
+        except ConfigError as exc:  # a ValueError, so the config loader names the section it is in
+            raise ValueError(f"kind: {exc.reason}") from None
+        for name in ("num_samples", "max_samples"):
+            value = getattr(self, name)
+            counts = value.items() if isinstance(value, Mapping) else [("", value)]
+            for role, count in counts:
+                if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+                    where = f"{name}.{role}" if role else name
+                    raise ValueError(f"{where} must be an integer >= 1, got {count!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     def split_name(self, role: str | None) -> str | None:
         """The dataset's own name of ``role`` (``splits`` may rename it)."""

@@ -44,7 +44,7 @@ from cxrfm.models.classify import ClassifierConfig, build_classifier, load_class
 from cxrfm.models.vit import build_encoder
 from cxrfm.pipelines.classification import ClassificationPipeline, predict_dataset, save_classifier
 from cxrfm.training.augment import AugmentSection
-from cxrfm.training.contract import TrainConfig
+from cxrfm.training.contract import TrainConfig, check_run_settings
 from cxrfm.training.loop import Trainer
 from cxrfm.training.tasks.classification import ClassificationTask, TrunkTokenDataset, compute_trunk_tokens
 from cxrfm.utils.runtime import resolve_device, seed_everything
@@ -315,6 +315,7 @@ def run_classification(config: ClassifyConfig, token_store: dict | None = None) 
     ``token_store``: a dict kept by the caller to reuse cached trunk tokens across runs that share
     encoder, data and frozen trunk (label-efficiency sweeps); None caches for this run only.
     """
+    check_run_settings(config.train)  # device and output folder, before anything is built
     seed_everything(config.train.seed)
     section = config.model
     encoder = build_encoder(

@@ -34,7 +34,7 @@ from cxrfm.data.registry import DatasetSpec, build_dataset
 from cxrfm.errors import ConfigError
 from cxrfm.models.mae import MaskedAutoencoder, mae_config
 from cxrfm.training.augment import AugmentSection
-from cxrfm.training.contract import TrainConfig, TrainResult
+from cxrfm.training.contract import TrainConfig, TrainResult, check_run_settings
 from cxrfm.training.loop import Trainer
 from cxrfm.training.tasks.mae import FigureSection, MAEPretrainTask, MaskingSection
 
@@ -162,6 +162,7 @@ def run_pretraining(config: PretrainConfig, *, resume: bool | str | Path = False
     """
     from cxrfm.utils import seed_everything
 
+    check_run_settings(config.train)  # device and output folder, before anything is built
     image_size = resolve_image_size(config)
     # Same seed on every rank: identical initial weights (DDP also broadcasts rank 0's).
     seed_everything(config.train.seed)

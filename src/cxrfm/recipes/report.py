@@ -57,7 +57,7 @@ from cxrfm.pipelines.report_generation import (
     write_generation_settings,
     write_predictions,
 )
-from cxrfm.training.contract import TrainConfig, TrainResult
+from cxrfm.training.contract import TrainConfig, TrainResult, check_run_settings
 from cxrfm.training.loop import Trainer
 from cxrfm.training.tasks.report import MODEL_DIR, ReportGenerationTask, teacher_forced_loss
 from cxrfm.utils.runtime import seed_everything
@@ -242,6 +242,7 @@ def run_report_training(
     value may be a zero-argument callable, called when the split is first needed). Datasets yield
     :class:`CXRSample`. The test split is built and read only after training.
     """
+    check_run_settings(config.train)  # device and output folder, before anything is built
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     language = config.tokenizer.language

@@ -9,6 +9,8 @@ A task (``cxrfm.training.tasks.<objective>``) imports this module, never the loo
 
 from __future__ import annotations
 
+import math
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +20,11 @@ import torch
 from torch import nn
 
 from cxrfm.data.sample import CXRBatch
-from cxrfm.errors import DatasetError
+from cxrfm.errors import ConfigError, DatasetError
 from cxrfm.training.optim import default_param_groups, scaled_learning_rate
+from cxrfm.utils.runtime import resolve_device
+
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # availability is checked when the run starts
 
 BEST_DIR = "best"  # <output_dir>/best: weights of the best validation so far (TrainConfig.select_metric)
 BEST_FILE = "best.json"
@@ -110,12 +115,39 @@ class TrainConfig:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
+        if self.clip_grad is not None and not self.clip_grad > 0:  # also refuses NaN
             raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
+        for name in ("lr", "base_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+        for name in ("weight_decay", "min_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.weight_decay_end is not None and not (math.isfinite(self.weight_decay_end) and self.weight_decay_end >= 0):
+            raise ValueError(f"weight_decay_end must be a finite number >= 0 or null, got {self.weight_decay_end}")
+        if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
+        if not DEVICE_PATTERN.fullmatch(str(self.device).strip().lower()):
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     def peak_lr(self) -> float:
         """The learning rate at the end of warm-up."""
         return self.lr if self.lr is not None else scaled_learning_rate(self.base_lr, self.batch_size)
+
+
+def check_run_settings(config: TrainConfig, field: str = "train") -> torch.device:
+    """What can only be checked on this machine, before any data is read or model built: the
+    device exists (``cuda`` without a GPU is an error) and ``output_dir`` is not a file.
+    Returns the resolved device."""
+    device = resolve_device(config.device, field=f"{field}.device")
+    for candidate in (Path(config.output_dir), *Path(config.output_dir).parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise ConfigError(f"{field}.output_dir", f"{candidate} is a file, not a folder")
+    return device
 
 
 @dataclass

@@ -43,25 +43,40 @@ def configure_logging(level: int | str = logging.INFO, log_file: str | Path | No
     )
 
 
+def output_folder(path: str | Path, field: str = "--out") -> Path:
+    """Create folder ``path`` (and its parents) for a run's outputs, or fail naming ``field``
+    before any work starts: an existing file there, or a folder that cannot be created."""
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists() and not candidate.is_dir():
+            raise ConfigError(field, f"{candidate} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(field, f"cannot create {path}: {exc.strerror or exc}") from None
+    return path
+
+
 def make_run_dir(root: str | Path, name: str | None = None) -> Path:
     """Create ``root/name`` (default: a timestamp) and return it; never overwrites another run."""
-    root = Path(root)
+    root = output_folder(root)
     name = name or time.strftime("%Y%m%d-%H%M%S")
     run_dir = root / name
     suffix = 1
-    while run_dir.exists() and any(run_dir.iterdir()):
-        run_dir = root / f"{name}-{suffix}"
+    while run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
+        run_dir = root / f"{name}-{suffix}"  # an earlier run (or a file of that name) stays untouched
         suffix += 1
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
-def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
+def resolve_device(device: str | torch.device = "auto", local_rank: int = 0, field: str = "device") -> torch.device:
     """The one device resolver of the toolkit.
 
     ``"auto"`` -> ``cuda:<local_rank>`` when a GPU is visible, else CPU; ``"cuda"`` ->
     ``cuda:<local_rank>``; ``"cuda:1"``, ``"cpu"``, ``"mps"`` as given. A CUDA device asked for on a
-    machine without one, or a string torch does not know, is a :class:`ConfigError`.
+    machine without one, or a string torch does not know, is a :class:`ConfigError` naming
+    ``field`` (``train.device``, ``--device``).
     """
     if isinstance(device, torch.device):
         resolved = device
@@ -71,10 +86,10 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
         try:
             resolved = torch.device(str(device).strip().lower())
         except (RuntimeError, ValueError):
-            raise ConfigError("device", f"{device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+            raise ConfigError(field, f"{device!r} is not a device; use auto, cpu, cuda or cuda:N") from None
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
-            raise ConfigError("device", f"{device!r} was asked for but no CUDA GPU is visible; use auto or cpu")
+            raise ConfigError(field, f"{device!r} was asked for but no CUDA GPU is visible; use auto or cpu")
         if resolved.index is None:
             resolved = torch.device(f"cuda:{local_rank}")
     return resolved
