@@ -59,7 +59,7 @@ def test_registry_knows_every_cli_choice(folder):
     dataset = build_dataset(DatasetSpec(kind="Folder", root=str(folder)), "val", image_size=[4, 4])
     assert isinstance(dataset, ImageFolderDataset) and len(dataset) == 1 and dataset[0].image.shape == (1, 4, 4)
     with pytest.raises(ConfigError, match="unknown dataset kind 'padchest'.*folder"):
-        build_dataset(DatasetSpec(kind="padchest", root=str(folder)))
+        build_dataset({"kind": "padchest", "root": str(folder)})
 
 
 def test_rsna_boxes_in_shards_follow_the_resize(tmp_path, write_dicom, make_ramp):

@@ -118,6 +118,8 @@ class CovidChestXrayDataset(CXRDataset):
         label_names: tuple[str, ...],
         notes_as_findings: bool,
     ) -> CXRRecord:
+        if not row["image"].strip():
+            raise DatasetError(manifest, f"line {line}: column 'image' is empty")
         if label_set == "fine":
             present = set(_fine_labels(row))
         else:

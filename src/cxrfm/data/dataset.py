@@ -26,7 +26,7 @@ from cxrfm.data.labels import align_labels, canonical_finding
 from cxrfm.data.reports import read_report
 from cxrfm.data.sample import CXRSample
 from cxrfm.data.tables import iter_split_names, normalise_view
-from cxrfm.errors import DatasetError, ImageReadError
+from cxrfm.errors import CXRFMError, DatasetError, ImageReadError
 from cxrfm.io import read_image, read_mask, resize_image, resize_mask
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,21 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def _as_record(value: CXRRecord | Mapping[str, Any], source: str) -> CXRRecord:
+def _as_record(value: CXRRecord | Mapping[str, Any], source: str, position: int = 0) -> CXRRecord:
     if isinstance(value, CXRRecord):
         return value
+    if not isinstance(value, Mapping):
+        raise DatasetError(source, f"record {position} is a {type(value).__name__}, not a CXRRecord or a mapping")
     known = {f.name for f in dataclasses.fields(CXRRecord)}
     unknown = sorted(set(value) - known)
     if unknown:
         raise DatasetError(source, f"record has unknown field(s) {unknown}; allowed: {sorted(known)}")
     if "image" not in value:
         raise DatasetError(source, "record has no 'image' field")
-    return CXRRecord(**value)
+    try:
+        return CXRRecord(**value)
+    except (TypeError, ValueError) as error:  # e.g. a path that is a number
+        raise DatasetError(source, f"record {position}: {error}") from None
 
 
 class CXRDataset(Dataset):
@@ -131,11 +136,15 @@ class CXRDataset(Dataset):
         split: keep only these split(s) (``"train"``, ``["train", "val"]``); None keeps all.
             A split no record has raises DatasetError listing those present.
         views: keep only records whose ``meta["view"]`` is one of these (e.g. ``("PA", "AP")``).
-        skip_unreadable: when True an unreadable image is replaced by the next readable item
-            (deterministically: index+1, index+2, ...), counted in :attr:`skipped_count` /
-            :attr:`skipped_paths` and logged every ``log_every`` skips. When False the
-            :class:`ImageReadError` (naming the file) propagates. Counters are per process: with
-            DataLoader workers each worker counts its own.
+        skip_unreadable: when True an item that cannot be read is replaced by the next readable
+            item (deterministically: index+1, index+2, ...), counted in :attr:`skipped_count` /
+            :attr:`skipped_paths` and logged every ``log_every`` skips. "Cannot be read" is any
+            failure while reading the item (its image, extra views, mask, report file, labels),
+            whatever the exception: see :meth:`read`. When False that error (an
+            :class:`ImageReadError` or :class:`DatasetError` naming the file) propagates. A failure
+            in ``transform`` is not a read failure: it propagates unless it is one of those two
+            types. Counters are per process:
+            with DataLoader workers each worker counts its own.
         images_required: when False, an item whose image path is None or does not exist gets an
             all-zero placeholder image (``(1, *image_size)``, or ``(1, 0, 0)`` without a size) and
             ``meta["has_image"] = False``: the text and labels stay usable without the pixels.
@@ -172,11 +181,11 @@ class CXRDataset(Dataset):
         self.dataset_label_names: tuple[str, ...] = tuple(label_names)
         self.label_names: tuple[str, ...] = tuple(align_to) if align_to is not None else self.dataset_label_names
         self._align = align_to is not None
-        all_records = [_as_record(r, self.source) for r in records]
+        all_records = [_as_record(r, self.source, position) for position, r in enumerate(records)]
         self.records: list[CXRRecord] = self._filter(all_records, split, views)
         self.skipped_count = 0
         self.skipped_paths: list[str] = []
-        self._unreadable: dict[int, ImageReadError] = {}
+        self._unreadable: dict[int, CXRFMError] = {}
         self._warned_missing_report = False
 
     # ----------------------------------------------------------------------------------- filtering
@@ -219,7 +228,7 @@ class CXRDataset(Dataset):
         missing = []
         for record in self.records:
             for path in (record.image, *record.extra_images):
-                if path is not None and not path.exists():
+                if path is not None and not _exists(path):
                     missing.append(path)
         return missing
 
@@ -236,7 +245,7 @@ class CXRDataset(Dataset):
                 continue
             try:
                 return self.load(candidate)
-            except ImageReadError as error:
+            except (ImageReadError, DatasetError) as error:
                 self._unreadable[candidate] = error
                 self._note_skip(error)
         raise DatasetError(self.source, f"none of the {len(self)} images could be read")
@@ -249,8 +258,37 @@ class CXRDataset(Dataset):
         return index
 
     def load(self, index: int) -> CXRSample:
-        """Item ``index`` with no skipping: an unreadable image raises :class:`ImageReadError`."""
-        record = self.records[self._check_index(index)]
+        """Item ``index`` with no skipping, ``transform`` applied.
+
+        Raises:
+            ImageReadError: an image, extra view or mask cannot be read (naming that file); also any
+                unexpected exception while reading the item, wrapped and naming its image.
+            DatasetError: the item's mask does not match its image, its report file or labels are
+                unreadable (naming the file / item).
+        """
+        sample = self.read(index)
+        return self.transform(sample) if self.transform is not None else sample
+
+    def read(self, index: int) -> CXRSample:
+        """Item ``index`` as read from disk, before ``transform``; every failure is one of our errors.
+
+        An exception of any other type raised while reading (a bug a corrupt file tickles in a
+        decoder, an adapter's ``annotate`` choking on one row's metadata) is wrapped into an
+        :class:`ImageReadError` naming the item's image and index, so ``skip_unreadable`` can skip it.
+        """
+        index = self._check_index(index)
+        record = self.records[index]
+        try:
+            return self._read_record(record, index)
+        except CXRFMError:
+            raise
+        except Exception as error:  # one bad item must not escape as a raw traceback
+            where = record.image if record.image is not None else f"{self.source} item {index}"
+            raise ImageReadError(
+                where, f"item {index}: unexpected {type(error).__name__} while reading it: {error}"
+            ) from error
+
+    def _read_record(self, record: CXRRecord, index: int) -> CXRSample:
         image, original_size = self._read_view(record.image, index)
         has_image = original_size is not None
         meta = {**record.meta, "path": None if record.image is None else str(record.image)}
@@ -265,13 +303,12 @@ class CXRDataset(Dataset):
         sample = CXRSample(
             image=image,
             lung_mask=lung_mask,
-            labels=self.labels_for(record),
+            labels=self._labels_of_item(record, index),
             findings=findings,
             impression=impression,
             meta=meta,
         )
-        sample = self.annotate(sample)
-        return self.transform(sample) if self.transform is not None else sample
+        return self.annotate(sample)
 
     def annotate(self, sample: CXRSample) -> CXRSample:
         """Hook for adapters to add derived fields (e.g. resized boxes) before ``transform`` runs."""
@@ -279,7 +316,7 @@ class CXRDataset(Dataset):
 
     def _read_view(self, path: Path | None, index: int) -> tuple[torch.Tensor, tuple[int, int] | None]:
         """``((1, H, W) image, its size on disk)``, or a placeholder and None for an allowed missing image."""
-        if path is None or (not self.images_required and not path.exists()):
+        if path is None or (not self.images_required and not _exists(path)):
             if self.images_required:
                 raise DatasetError(self.source, f"item {index} has no image path")
             size = self.image_size or (0, 0)
@@ -308,7 +345,10 @@ class CXRDataset(Dataset):
                 log.warning("%s: report file %s not found; findings/impression left empty", self.source, record.report_file)
                 self._warned_missing_report = True
             return None, None
-        return read_report(record.report_file)
+        try:
+            return read_report(record.report_file)
+        except OSError as error:
+            raise DatasetError(record.report_file, f"cannot read the report file ({error.strerror or error})") from error
 
     def labels_for(self, record: CXRRecord) -> torch.Tensor | None:
         """``(K,)`` float32 over :attr:`label_names`; NaN where unknown; None for unlabelled datasets."""
@@ -323,10 +363,18 @@ class CXRDataset(Dataset):
             values = align_labels(values, canonical, self.label_names)
         return values
 
-    def _note_skip(self, error: ImageReadError) -> None:
+    def _labels_of_item(self, record: CXRRecord, index: int) -> torch.Tensor | None:
+        try:
+            return self.labels_for(record)
+        except (TypeError, ValueError) as error:
+            bad = {name: value for name, value in (record.labels or {}).items() if not _is_number(value)}
+            raise DatasetError(self.source, f"item {index}: label value(s) {bad or '?'} are not numbers ({error})") from error
+
+    def _note_skip(self, error: CXRFMError) -> None:
         self.skipped_count += 1
-        if error.path not in self.skipped_paths:
-            self.skipped_paths.append(error.path)
+        path = str(getattr(error, "path", None) or getattr(error, "source", ""))
+        if path not in self.skipped_paths:
+            self.skipped_paths.append(path)
         if self.skipped_count == 1 or self.skipped_count % self.log_every == 0:
             log.warning(
                 "%s: skipped %d unreadable item(s) so far (%d distinct file(s)); latest: %s",
@@ -358,7 +406,7 @@ class CXRDataset(Dataset):
         """``(path, reason)`` of the first unreadable file of a record, or None."""
         image_shape = None
         for path in (record.image, *record.extra_images):
-            if path is None or (not self.images_required and not path.exists()):
+            if path is None or (not self.images_required and not _exists(path)):
                 continue
             try:
                 shape = read_image(path).shape
@@ -373,6 +421,22 @@ class CXRDataset(Dataset):
             if tuple(mask_shape) != tuple(image_shape):
                 return str(record.mask), f"mask is {tuple(mask_shape)} but its image is {tuple(image_shape)}"
         return None
+
+
+def _exists(path: Path) -> bool:
+    """``path.exists()`` that answers False (it cannot be read either) for a name the OS refuses."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:

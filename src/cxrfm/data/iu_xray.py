@@ -29,8 +29,13 @@ def _read_annotation(path: Path) -> list[tuple[str, dict[str, Any]]]:
             if not isinstance(entry, dict) or not isinstance(entry.get("id"), str):
                 raise DatasetError(path, f"{where}: entry has no string 'id'")
             paths = entry.get("image_path")
-            if not isinstance(paths, list) or not paths or not all(isinstance(p, str) for p in paths):
+            if not isinstance(paths, list) or not paths or not all(isinstance(p, str) and p.strip() for p in paths):
                 raise DatasetError(path, f"{where} ({entry['id']}): 'image_path' must be a non-empty list of paths")
+            report = entry.get("report")
+            if report is not None and not isinstance(report, str):
+                raise DatasetError(
+                    path, f"{where} ({entry['id']}): field 'report' must be a string, got {type(report).__name__}"
+                )
             entries.append((split_key, entry))
     return entries
 
@@ -39,7 +44,20 @@ def _read_manifest(path: Path) -> dict[str, Mapping[str, Any]]:
     """The shared set's ``manifest.jsonl`` keyed by R2Gen id (studies without one are skipped)."""
     if not path.is_file():
         return {}
-    return {row["r2gen_id"]: row for _, row in read_jsonl_rows(path) if row.get("r2gen_id")}
+    rows = {}
+    for line, row in read_jsonl_rows(path):
+        key = row.get("r2gen_id")
+        if not key:
+            continue
+        if not isinstance(key, str):
+            raise DatasetError(path, f"line {line}: field 'r2gen_id' must be a string, got {type(key).__name__}")
+        impression = row.get("impression")
+        if impression is not None and not isinstance(impression, str):
+            raise DatasetError(
+                path, f"line {line}: field 'impression' must be a string, got {type(impression).__name__}"
+            )
+        rows[key] = row
+    return rows
 
 
 def _views(paths: list[str], image_root: Path | None, views_per_study: int) -> list[Path | None]:
@@ -146,12 +164,21 @@ def read_r2gen_reports(annotation_path: str | Path, split: str = "train") -> lis
         annotation = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise DatasetError(path, "annotation file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise DatasetError(path, f"not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise DatasetError(path, f"cannot read the annotation file ({exc.strerror or exc})") from None
     if not isinstance(annotation, dict) or split not in annotation:
         known = sorted(annotation) if isinstance(annotation, dict) else "?"
         raise DatasetError(path, f"no split {split!r} (has {known})")
-    try:
-        return [str(entry["report"]) for entry in annotation[split]]
-    except (KeyError, TypeError) as exc:
-        raise DatasetError(path, f"split {split!r} entry without a 'report': {exc}") from None
+    entries = annotation[split]
+    if not isinstance(entries, list):
+        raise DatasetError(path, f"split {split!r} is not a list")
+    reports = []
+    for position, entry in enumerate(entries):
+        report = entry.get("report") if isinstance(entry, dict) else None
+        if not isinstance(report, str):
+            got = "no entry object" if not isinstance(entry, dict) else type(report).__name__
+            raise DatasetError(path, f"{split}[{position}]: field 'report' must be a string ({got})")
+        reports.append(report)
+    return reports

@@ -22,7 +22,16 @@ from cxrfm.errors import DatasetError
 # Columns with a fixed meaning; every other column is a label column or goes into meta.
 RESERVED_COLUMNS = ("image", "mask", "split", "findings", "impression", "report", "view", "patient_id", "study_id")
 
-_MANIFEST_NAMES = ("manifest.csv", "manifest.jsonl", "manifest.csv.gz", "manifest.jsonl.gz")
+_MANIFEST_NAMES = (
+    "manifest.csv",
+    "manifest.jsonl",
+    "manifest.tsv",
+    "manifest.csv.gz",
+    "manifest.jsonl.gz",
+    "manifest.tsv.gz",
+)
+# Columns that must hold text (or be blank / null) when present.
+_TEXT_COLUMNS = ("findings", "impression", "report", "split", "view")
 
 
 def resolve_manifest(path: Path) -> Path:
@@ -45,9 +54,9 @@ def _read_rows(path: Path) -> tuple[list[str], list[tuple[int, Mapping[str, Any]
         if rows and "image" not in columns:
             raise DatasetError(path, f"missing column(s) ['image']; found {columns}")
         return columns, rows
-    if ".csv" in suffixes or ".tsv" in suffixes:
+    if ".csv" in suffixes or ".tsv" in suffixes or ".tab" in suffixes:
         return read_csv_rows(path, required=("image",))
-    raise DatasetError(path, "unknown manifest format: use .csv or .jsonl")
+    raise DatasetError(path, "unknown manifest format: use .csv, .tsv or .jsonl (optionally .gz)")
 
 
 def _label_columns(columns: Sequence[str], declared: Sequence[str] | None, path: Path) -> list[str]:
@@ -62,8 +71,20 @@ def _label_columns(columns: Sequence[str], declared: Sequence[str] | None, path:
 def _resolve(base: Path, value: Any, path: Path, line: int, column: str) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise DatasetError(path, f"line {line}: column '{column}' is empty or not a path ({value!r})")
+    if "\x00" in value:
+        raise DatasetError(path, f"line {line}: column '{column}' holds a NUL character ({value!r})")
     candidate = Path(value.strip())
     return candidate if candidate.is_absolute() else base / candidate
+
+
+def _check_text_columns(row: Mapping[str, Any], path: Path, line: int) -> None:
+    """JSONL can hold any JSON type: report text, split and view must be strings (or null)."""
+    for column in _TEXT_COLUMNS:
+        value = row.get(column)
+        if value is not None and not isinstance(value, str):
+            raise DatasetError(
+                path, f"line {line}: field '{column}' must be a string, got {type(value).__name__} ({value!r:.60})"
+            )
 
 
 def _report_sections(row: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -83,6 +104,7 @@ def _record(
     row: Mapping[str, Any], line: int, path: Path, label_columns: Sequence[str]
 ) -> CXRRecord:
     base = path.parent
+    _check_text_columns(row, path, line)
     images = row.get("image")
     image_values = list(images) if isinstance(images, list) else [images]
     if not image_values:
@@ -119,10 +141,14 @@ class ManifestDataset(CXRDataset):
     else used as findings; ignored when findings or impression are given), ``view``, ``patient_id``,
     ``study_id``. Label columns are ``label_columns`` when given, else every other column whose name
     canonicalises to a finding (``Effusion``, ``pneumonia``, ``No_Finding`` ...); values
-    1/0/-1/blank. Remaining columns go into ``meta``.
+    1/0/-1/blank (also true/false, yes/no; anything else is an error). Remaining columns go into
+    ``meta``. Formats: ``.csv``, ``.tsv`` (tab-separated), ``.jsonl``, each optionally ``.gz``;
+    UTF-8 with or without a byte-order mark. In JSONL, ``findings`` / ``impression`` / ``report`` /
+    ``split`` / ``view`` must be strings or null.
 
     Args:
-        path: the manifest file, or a folder holding ``manifest.csv`` / ``manifest.jsonl``.
+        path: the manifest file, or a folder holding ``manifest.csv`` / ``manifest.jsonl`` /
+            ``manifest.tsv`` (or one of them gzipped).
         label_columns: label columns in order; None = detect them.
         **options: passed to :class:`CXRDataset`.
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from cxrfm.data.dataset import CXRDataset, CXRRecord
-from cxrfm.data.tables import blank_to_none, hash_split, normalise_view, parse_age, read_csv_rows
+from cxrfm.data.tables import blank_to_none, hash_split, normalise_view, parse_age, read_csv_rows, read_text_lines
 from cxrfm.errors import DatasetError
 
 # The 14 ChestX-ray14 labels in the paper's order, after "No Finding", spelled as in the CSV.
@@ -64,16 +65,19 @@ def _index_images(root: Path) -> dict[str, Path]:
 
 
 def _read_list(path: Path) -> set[str]:
+    """The file names in a split list; a missing list is empty, an unreadable one a DatasetError."""
     if not path.is_file():
         return set()
-    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
+    return {line.strip() for line in read_text_lines(path) if line.strip()}
 
 
 def _number(value: str | None) -> float | None:
+    """A finite number, or None for blank / unparseable / infinite / NaN cells."""
     try:
-        return float(value) if value not in (None, "") else None
+        number = float(value) if value not in (None, "") else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 class NIHChestXray14Dataset(CXRDataset):
@@ -107,6 +111,8 @@ class NIHChestXray14Dataset(CXRDataset):
         records = []
         for line, row in rows:
             name = row["Image Index"].strip()
+            if not name:
+                raise DatasetError(entries, f"line {line}: column 'Image Index' is empty")
             split = "test" if name in test else "train" if name in train_val else None
             if split == "train" and val_fraction > 0:
                 split = hash_split(row["Patient ID"].strip(), (1 - val_fraction, val_fraction, 0.0), salt="nih-")

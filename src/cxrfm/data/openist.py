@@ -7,6 +7,7 @@ from typing import Any
 
 from cxrfm.data.dataset import CXRDataset, CXRRecord
 from cxrfm.data.tables import blank_to_none, normalise_split, read_csv_rows
+from cxrfm.errors import DatasetError
 
 _COLUMNS = ("image", "mask", "split")
 
@@ -28,6 +29,9 @@ class OpenISTLungDataset(CXRDataset):
         _, rows = read_csv_rows(manifest, required=_COLUMNS)
         records = []
         for line, row in rows:
+            empty = [column for column in ("image", "mask") if not row[column].strip()]
+            if empty:
+                raise DatasetError(manifest, f"line {line}: column(s) {empty} empty")
             meta = {k: blank_to_none(v) for k, v in row.items() if k not in _COLUMNS}
             meta.update(view="PA", study_id=Path(row["image"]).stem, manifest_line=line)
             records.append(

@@ -8,7 +8,7 @@ from typing import Any
 
 from cxrfm.data.dataset import CXRDataset, CXRRecord
 from cxrfm.data.sample import CXRSample
-from cxrfm.data.tables import hash_split, parse_label_value, read_csv_rows
+from cxrfm.data.tables import hash_split, parse_number, read_csv_rows
 from cxrfm.errors import DatasetError
 from cxrfm.io.image import fit_geometry
 
@@ -24,7 +24,7 @@ DEFAULT_SPLIT_FRACTIONS = (25184 / 29684, 1500 / 29684, 3000 / 29684)
 
 
 def _box(row: dict[str, str], path: Path, line: int) -> list[float]:
-    values = [parse_label_value(row[c], path, line, c) for c in ("x", "y", "width", "height")]
+    values = [parse_number(row[c], path, line, c) for c in ("x", "y", "width", "height")]
     if any(v != v for v in values):  # NaN: a positive row without a box
         raise DatasetError(path, f"line {line}: Target is 1 but the box (x, y, width, height) is incomplete")
     return values
@@ -36,7 +36,9 @@ def _read_boxes(path: Path) -> dict[str, tuple[float, list[list[float]]]]:
     patients: dict[str, tuple[float, list[list[float]]]] = {}
     for line, row in rows:
         patient = row["patientId"].strip()
-        target = parse_label_value(row["Target"], path, line, "Target")
+        if not patient:
+            raise DatasetError(path, f"line {line}: column 'patientId' is empty")
+        target = parse_number(row["Target"], path, line, "Target")
         if target not in (0.0, 1.0):
             raise DatasetError(path, f"line {line}: Target must be 0 or 1, got {row['Target']!r}")
         known_target, boxes = patients.setdefault(patient, (target, []))

@@ -11,6 +11,8 @@ import logging
 import os
 import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
     NotImplementedError,
     RuntimeError,
     MemoryError,
+    ArithmeticError,
     struct.error,
     zlib.error,
 )
@@ -45,13 +48,42 @@ LIBRARY_ERRORS: tuple[type[BaseException], ...] = (
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
+@contextmanager
+def guard_unexpected(path: str | os.PathLike[str], what: str = "cannot read the file") -> Iterator[None]:
+    """Turn any exception that is not already an :class:`ImageReadError` into one naming ``path``.
+
+    The last line of defence at each public reader: a decoder may raise an exception type no one
+    listed (pydicom's own ``BytesLengthException``, a library bug on odd input), and a caller that
+    skips unreadable files must still see one type. The original is chained as ``__cause__``.
+    """
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except Exception as error:  # the point: nothing else escapes
+        raise ImageReadError(path, f"{what} ({type(error).__name__}: {error})") from error
+
+
 def check_readable_file(path: str | os.PathLike[str]) -> Path:
     """Return ``path`` as a Path after checking it names a non-empty, readable regular file.
 
     Raises:
-        ImageReadError: missing, a directory, not a regular file, 0 bytes, or no read permission.
+        ImageReadError: missing, a directory, not a regular file, 0 bytes, no read permission, or a
+            path the operating system cannot look up (too long, invalid characters).
     """
-    path = Path(path)
+    try:
+        path = Path(path)
+    except TypeError as error:
+        raise ImageReadError(repr(path), f"not a file path ({error})") from error
+    try:
+        return _check_file(path)
+    except OSError as error:
+        raise ImageReadError(path, f"cannot look up the file ({error.strerror or error})") from error
+    except ValueError as error:
+        raise ImageReadError(path, f"invalid file path ({error})") from error
+
+
+def _check_file(path: Path) -> Path:
     if not path.exists():
         raise ImageReadError(path, "file does not exist")
     if path.is_dir():

@@ -28,23 +28,34 @@ Colour DICOMs (RGB, YBR_* - pydicom converts YBR to RGB) become gray by BT.601 l
 palette first and is divided by the palette's full scale. No Modality or VOI LUT applies to colour.
 Float / Double Float Pixel Data are min-max scaled.
 
-Rejected with :class:`cxrfm.errors.ImageReadError` (message names the file): not DICOM, no pixel
-data, missing Rows/Columns, zero size, more than ``max_pixels`` pixels, multi-frame
-(``NumberOfFrames > 1``), compressed with no decoder installed, undecodable or truncated pixel data.
+Rejected with :class:`cxrfm.errors.ImageReadError` (message names the file, and the element where
+one is at fault): not DICOM, no or empty pixel data, missing Rows/Columns, zero size, more than
+``max_pixels`` pixels, multi-frame (``NumberOfFrames > 1``), a malformed element the pixels depend on
+(Rows, Columns, NumberOfFrames, BitsStored, Rescale Slope / Intercept: not one finite number, or a
+zero slope), an unknown or private transfer syntax, compressed with no decoder installed,
+undecodable or truncated pixel data. Any other exception from pydicom is wrapped into an
+ImageReadError too (chained as ``__cause__``).
+
+Broken elements the pixels do not depend on are dropped with a logged warning instead: a malformed
+VOI LUT Sequence or Window Center / Width (contrast falls back to the next VOI step), a malformed
+Pixel Spacing or text field in the metadata dict (None).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.uid import UID
 
 from cxrfm.errors import ImageReadError
 from cxrfm.io._common import (
@@ -52,6 +63,7 @@ from cxrfm.io._common import (
     LIBRARY_ERRORS,
     check_readable_file,
     check_size,
+    guard_unexpected,
     luminance,
     min_max_scale,
 )
@@ -60,6 +72,9 @@ logger = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+# pydicom's own exception types derive from Exception directly, not from ValueError.
+DICOM_ERRORS: tuple[type[BaseException], ...] = (*LIBRARY_ERRORS, BytesLengthException, InvalidDicomError)
 
 
 def read_dicom(
@@ -83,18 +98,27 @@ def read_dicom(
     Raises:
         ImageReadError: for every unreadable or unsupported file (see the module docstring).
     """
-    stored, dataset = decode_dicom_pixels(path, max_pixels=max_pixels)
+    image, voi, dataset = _unit_range_image(path, max_pixels)
     path = Path(path)
-    try:
-        image, voi = _to_unit_range(stored, dataset, path)
-    except ImageReadError:
-        raise
-    except LIBRARY_ERRORS as error:
-        reason = f"cannot apply the DICOM LUTs ({type(error).__name__}: {error})"
-        raise ImageReadError(path, reason) from error
-    meta = _metadata(dataset)
+    with guard_unexpected(path, "cannot read the DICOM metadata"):
+        meta = _metadata(dataset, path)
     meta["voi"] = voi
     return image, meta
+
+
+def read_dicom_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The image of :func:`read_dicom` alone: the metadata dict is not built (nor warned about)."""
+    return _unit_range_image(path, max_pixels)[0]
+
+
+def _unit_range_image(path: str | os.PathLike[str], max_pixels: int) -> tuple[np.ndarray, str, Dataset]:
+    stored, dataset = decode_dicom_pixels(path, max_pixels=max_pixels)
+    path = Path(path)
+    with guard_unexpected(path, "cannot apply the DICOM LUTs"):
+        image, voi = _to_unit_range(stored, dataset, path)
+    if not np.isfinite(image).all():
+        raise ImageReadError(path, "the DICOM LUTs produced non-finite pixel values")
+    return image, voi, dataset
 
 
 def decode_dicom_pixels(
@@ -107,21 +131,24 @@ def decode_dicom_pixels(
         ``(H, W, 3)`` RGB for colour data, in the file's own dtype and units.
     """
     path = check_readable_file(path)
-    dataset = _read_dataset(path)
-    _check_header(dataset, path, max_pixels)
-    _check_decoder_available(dataset, path)
-    try:
-        stored = dataset.pixel_array
-    except LIBRARY_ERRORS as error:
-        syntax = _transfer_syntax(dataset)
-        raise ImageReadError(
-            path,
-            f"cannot decode the pixel data ({syntax.name if syntax else 'unknown transfer syntax'}): "
-            f"{type(error).__name__}: {error}",
-        ) from error
-    if stored.ndim not in (2, 3) or (stored.ndim == 3 and stored.shape[-1] != 3):
-        raise ImageReadError(path, f"unexpected decoded pixel array shape {stored.shape}")
-    return stored, dataset
+    with guard_unexpected(path, "corrupt DICOM file"):
+        dataset = _read_dataset(path)
+        _check_header(dataset, path, max_pixels)
+        syntax = _transfer_syntax(dataset, path)
+        _check_decoder_available(syntax, path)
+        try:
+            stored = dataset.pixel_array
+        except DICOM_ERRORS as error:
+            raise ImageReadError(
+                path,
+                f"cannot decode the pixel data ({syntax.name if syntax else 'unknown transfer syntax'}): "
+                f"{type(error).__name__}: {error}",
+            ) from error
+        if not isinstance(stored, np.ndarray) or stored.ndim not in (2, 3) or (
+            stored.ndim == 3 and stored.shape[-1] != 3
+        ):
+            raise ImageReadError(path, f"unexpected decoded pixel array shape {np.shape(stored)}")
+        return stored, dataset
 
 
 def _read_dataset(path: Path) -> Dataset:
@@ -131,11 +158,11 @@ def _read_dataset(path: Path) -> Dataset:
     except InvalidDicomError as error:
         if path.suffix.lower() not in DICOM_SUFFIXES:
             raise ImageReadError(path, f"not a DICOM file ({error})") from error
-    except LIBRARY_ERRORS as error:
+    except DICOM_ERRORS as error:
         raise ImageReadError(path, f"corrupt DICOM file ({type(error).__name__}: {error})") from error
     try:
         dataset = pydicom.dcmread(path, force=True)
-    except LIBRARY_ERRORS as error:
+    except DICOM_ERRORS as error:
         raise ImageReadError(path, f"not a DICOM file ({type(error).__name__}: {error})") from error
     if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
         raise ImageReadError(path, "not a DICOM file (no 'DICM' marker at byte 128 and no pixel data)")
@@ -144,27 +171,115 @@ def _read_dataset(path: Path) -> Dataset:
 
 def _check_header(dataset: Dataset, path: Path, max_pixels: int) -> None:
     """Reject what cannot become one ``(H, W)`` image, before any pixel is decoded."""
-    if not any(keyword in dataset for keyword in _PIXEL_KEYWORDS):
+    keyword = next((k for k in _PIXEL_KEYWORDS if k in dataset), None)
+    if keyword is None:
         raise ImageReadError(path, "DICOM has no pixel data (no PixelData element)")
-    rows, cols = dataset.get("Rows"), dataset.get("Columns")
+    try:
+        empty = dataset[keyword].is_empty
+    except DICOM_ERRORS as error:
+        raise ImageReadError(path, f"malformed {keyword} element ({type(error).__name__}: {error})") from error
+    if empty:
+        raise ImageReadError(path, f"DICOM {keyword} element is empty (0 bytes of pixel data)")
+    rows, cols = _header_int(dataset, "Rows", path), _header_int(dataset, "Columns", path)
     if rows is None or cols is None:
         raise ImageReadError(path, "DICOM lacks Rows/Columns, so its pixel data cannot be shaped")
-    num_frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    num_frames = _header_int(dataset, "NumberOfFrames", path)
+    if num_frames is not None and num_frames < 0:
+        raise ImageReadError(path, f"malformed NumberOfFrames value {num_frames} (negative)")
+    num_frames = num_frames or 1
     if num_frames > 1:
         raise ImageReadError(
             path, f"multi-frame DICOM ({num_frames} frames); only single-frame images are supported"
         )
-    check_size(path, int(rows), int(cols), max_pixels)
+    check_size(path, rows, cols, max_pixels)
 
 
-def _transfer_syntax(dataset: Dataset) -> pydicom.uid.UID | None:
-    file_meta = getattr(dataset, "file_meta", None)
-    return None if file_meta is None else file_meta.get("TransferSyntaxUID")
+def _raw_value(dataset: Dataset, keyword: str) -> Any:
+    """The element's value as stored in the file (bytes for an unconverted raw element)."""
+    try:
+        element = dataset.get_item(keyword)
+        return getattr(element, "value", element)
+    except DICOM_ERRORS:
+        return "?"
 
 
-def _check_decoder_available(dataset: Dataset, path: Path) -> None:
+def _header_int(dataset: Dataset, keyword: str, path: Path) -> int | None:
+    """A single integer element the pixels depend on; None when absent or empty.
+
+    Raises:
+        ImageReadError: the element is present but not one integer (``'1A'``, two values, the wrong
+            number of bytes), naming the element and its stored value.
+    """
+    try:
+        value = dataset.get(keyword)
+        if value is None or value == "":
+            return None
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            if len(value) != 1:
+                raise ValueError(f"{len(value)} values")
+            value = value[0]
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError("not a whole number")
+        return int(value)
+    except DICOM_ERRORS as error:
+        raise ImageReadError(
+            path,
+            f"malformed {keyword} value {_raw_value(dataset, keyword)!r} ({type(error).__name__}: {error}); "
+            "the pixel data cannot be interpreted without it",
+        ) from error
+
+
+def _header_float(dataset: Dataset, keyword: str, path: Path) -> float:
+    """A single finite number element the pixel values depend on (Rescale Slope / Intercept)."""
+    try:
+        value = dataset.get(keyword)
+        if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+            if len(value) != 1:
+                raise ValueError(f"{len(value)} values")
+            value = value[0]
+        number = float(value)
+        if not math.isfinite(number):
+            raise ValueError("not finite")
+        return number
+    except DICOM_ERRORS as error:
+        raise ImageReadError(
+            path,
+            f"malformed {keyword} value {_raw_value(dataset, keyword)!r} ({type(error).__name__}: {error}); "
+            "the pixel values cannot be interpreted without it",
+        ) from error
+
+
+def _transfer_syntax(dataset: Dataset, path: Path | None = None) -> UID | None:
+    """The file's Transfer Syntax UID; None when absent or empty (pydicom then guesses the encoding).
+
+    Raises:
+        ImageReadError: (with ``path``) a UID that is not a transfer syntax pydicom knows: a private
+            or unknown syntax, whose pixel encoding cannot be known.
+    """
+    try:
+        file_meta = getattr(dataset, "file_meta", None)
+        value = None if file_meta is None else file_meta.get("TransferSyntaxUID")
+        text = "" if value is None else str(value).strip().rstrip("\x00").strip()
+    except DICOM_ERRORS as error:
+        if path is None:
+            return None
+        raise ImageReadError(path, f"malformed TransferSyntaxUID ({type(error).__name__}: {error})") from error
+    if not text:
+        return None
+    syntax = UID(text)
+    if not syntax.is_transfer_syntax:
+        if path is None:
+            return None
+        raise ImageReadError(
+            path,
+            f"unknown or private transfer syntax {text!r}: pydicom does not know how its pixel data is "
+            "encoded, so it cannot be decoded",
+        )
+    return syntax
+
+
+def _check_decoder_available(syntax: UID | None, path: Path) -> None:
     """Name the transfer syntax and the packages to install when no plug-in can decode it."""
-    syntax = _transfer_syntax(dataset)
     if syntax is None or not syntax.is_compressed:
         return
     try:
@@ -184,28 +299,53 @@ def _check_decoder_available(dataset: Dataset, path: Path) -> None:
 
 def _to_unit_range(stored: np.ndarray, dataset: Dataset, path: Path) -> tuple[np.ndarray, str]:
     """Stored values -> float32 [0, 1] with bone white, and the name of the contrast step used."""
-    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).strip().upper()
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2") or "MONOCHROME2").strip().upper()
     if stored.ndim == 3:
-        full_scale = 2 ** int(dataset.get("BitsStored", 8)) - 1
-        return _clip(luminance(stored) / full_scale), "colour"
+        bits_stored = _header_int(dataset, "BitsStored", path) or 8
+        if not 1 <= bits_stored <= 32:
+            raise ImageReadError(path, f"malformed BitsStored value {bits_stored} for colour pixel data")
+        return _clip(luminance(stored) / (2**bits_stored - 1)), "colour"
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(stored, dataset)
+        try:
+            rgb = apply_color_lut(stored, dataset)
+        except DICOM_ERRORS as error:
+            reason = f"cannot apply the Palette Color LUT ({type(error).__name__}: {error})"
+            raise ImageReadError(path, reason) from error
         return _clip(luminance(rgb) / np.iinfo(rgb.dtype).max), "colour"
     if stored.dtype.kind == "f":
         image, voi = min_max_scale(stored, path), "minmax"
     else:
-        image, voi = _apply_voi(apply_modality_lut(stored, dataset), dataset, path)
+        image, voi = _apply_voi(_modality_lut(stored, dataset, path), dataset, path)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image.astype(np.float32), voi
 
 
+def _modality_lut(stored: np.ndarray, dataset: Dataset, path: Path) -> np.ndarray:
+    """Stored values -> modality values (Modality LUT Sequence, else Rescale Slope / Intercept).
+
+    Both are needed to know what the values mean (and in which units a window is given), so a
+    malformed one is an error, not a warning.
+    """
+    if "ModalityLUTSequence" in dataset:
+        try:
+            return apply_modality_lut(stored, dataset)
+        except DICOM_ERRORS as error:
+            reason = f"malformed Modality LUT Sequence ({type(error).__name__}: {error})"
+            raise ImageReadError(path, reason) from error
+    if "RescaleSlope" not in dataset or "RescaleIntercept" not in dataset:
+        return stored  # pydicom's rule: rescale applies only when both are present
+    slope = _header_float(dataset, "RescaleSlope", path)
+    intercept = _header_float(dataset, "RescaleIntercept", path)
+    if slope == 0.0:
+        raise ImageReadError(path, "malformed RescaleSlope value 0 (every pixel would get the same value)")
+    return stored.astype(np.float64) * slope + intercept
+
+
 def _apply_voi(values: np.ndarray, dataset: Dataset, path: Path) -> tuple[np.ndarray, str]:
-    if dataset.get("VOILUTSequence"):
-        # LUT input must be integer indices; rescaled values are whole numbers for integer slopes.
-        indices = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
-        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
-        return _clip(apply_voi(indices, dataset) / (2**bits - 1)), "lut"
+    lut = _voi_lut(values, dataset, path)
+    if lut is not None:
+        return lut, "lut"
     window = _window(dataset, path)
     if window is not None:
         center, width, function = window
@@ -213,13 +353,47 @@ def _apply_voi(values: np.ndarray, dataset: Dataset, path: Path) -> tuple[np.nda
     return min_max_scale(values, path), "minmax"
 
 
+def _voi_lut(values: np.ndarray, dataset: Dataset, path: Path) -> np.ndarray | None:
+    """The first VOI LUT Sequence item applied, in [0, 1]; None when absent or malformed (warned)."""
+    try:
+        if not dataset.get("VOILUTSequence"):
+            return None
+        # LUT input must be integer indices; rescaled values are whole numbers for integer slopes.
+        indices = np.rint(values).astype(np.int64) if values.dtype.kind == "f" else values
+        bits = int(dataset.VOILUTSequence[0].LUTDescriptor[2])
+        if not 1 <= bits <= 32:
+            raise ValueError(f"LUTDescriptor declares {bits} bits per entry")
+        return _clip(apply_voi(indices, dataset) / (2**bits - 1))
+    except DICOM_ERRORS as error:
+        logger.warning(
+            "%s: ignoring malformed VOI LUT Sequence (%s: %s); using the window or min-max",
+            path, type(error).__name__, error,
+        )
+        return None
+
+
 def _window(dataset: Dataset, path: Path) -> tuple[float, float, str] | None:
     """First Window Center / Width pair and the VOI LUT Function, or None when absent / invalid."""
-    if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
+    try:
+        if "WindowCenter" not in dataset or "WindowWidth" not in dataset:
+            return None
+        center, width = _first_value(dataset.WindowCenter), _first_value(dataset.WindowWidth)
+    except DICOM_ERRORS as error:
+        logger.warning("%s: ignoring malformed window (%s: %s); using min-max", path, type(error).__name__, error)
         return None
-    center, width = _first_value(dataset.WindowCenter), _first_value(dataset.WindowWidth)
-    function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    try:
+        function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    except DICOM_ERRORS:
+        function = "?"
     if center is None or width is None:
+        raw_center, raw_width = _raw_value(dataset, "WindowCenter"), _raw_value(dataset, "WindowWidth")
+        if raw_center not in (None, "", b"") and raw_width not in (None, "", b""):
+            logger.warning(
+                "%s: ignoring malformed window (center %r, width %r); using min-max", path, raw_center, raw_width
+            )
+        return None
+    if not (math.isfinite(center) and math.isfinite(width)):
+        logger.warning("%s: ignoring non-finite window (center %s, width %s); using min-max", path, center, width)
         return None
     if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
         logger.warning("%s: unknown VOI LUT Function %r; using LINEAR", path, function)
@@ -262,23 +436,53 @@ def _clip(image: np.ndarray) -> np.ndarray:
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
-def _metadata(dataset: Dataset) -> dict[str, Any]:
+def _metadata(dataset: Dataset, path: Path) -> dict[str, Any]:
+    """The plain-Python metadata dict; a malformed field becomes None with a logged warning."""
     syntax = _transfer_syntax(dataset)
-    spacing = dataset.get("PixelSpacing") or dataset.get("ImagerPixelSpacing")
+
+    def field(name: str, read: Callable[[], Any]) -> Any:
+        try:
+            return read()
+        except (ImageReadError, *DICOM_ERRORS) as error:
+            logger.warning("%s: ignoring malformed %s (%s: %s)", path, name, type(error).__name__, error)
+            return None
+
     return {
-        "view_position": _text(dataset.get("ViewPosition")),
-        "patient_id": _text(dataset.get("PatientID")),
-        "study_uid": _text(dataset.get("StudyInstanceUID")),
-        "series_uid": _text(dataset.get("SeriesInstanceUID")),
-        "sop_uid": _text(dataset.get("SOPInstanceUID")),
-        "modality": _text(dataset.get("Modality")),
-        "photometric": _text(dataset.get("PhotometricInterpretation")),
+        "view_position": field("ViewPosition", lambda: _text(dataset.get("ViewPosition"))),
+        "patient_id": field("PatientID", lambda: _text(dataset.get("PatientID"))),
+        "study_uid": field("StudyInstanceUID", lambda: _text(dataset.get("StudyInstanceUID"))),
+        "series_uid": field("SeriesInstanceUID", lambda: _text(dataset.get("SeriesInstanceUID"))),
+        "sop_uid": field("SOPInstanceUID", lambda: _text(dataset.get("SOPInstanceUID"))),
+        "modality": field("Modality", lambda: _text(dataset.get("Modality"))),
+        "photometric": field("PhotometricInterpretation", lambda: _text(dataset.get("PhotometricInterpretation"))),
         "rows": int(dataset.Rows),
         "cols": int(dataset.Columns),
-        "bits_stored": int(dataset.BitsStored) if "BitsStored" in dataset else None,
+        "bits_stored": field("BitsStored", lambda: _header_int(dataset, "BitsStored", path)),
         "transfer_syntax": syntax.name if syntax else None,
-        "pixel_spacing": tuple(float(value) for value in spacing[:2]) if spacing else None,
+        "pixel_spacing": _pixel_spacing(dataset, path),
     }
+
+
+def _pixel_spacing(dataset: Dataset, path: Path) -> tuple[float, float] | None:
+    """``(row_mm, col_mm)`` from PixelSpacing, else ImagerPixelSpacing; malformed ones are skipped."""
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        try:
+            value = dataset.get(keyword)
+            if value is None or value == "":
+                continue
+            values = list(value) if isinstance(value, (list, tuple, pydicom.multival.MultiValue)) else [value]
+            if len(values) != 2:
+                raise ValueError(f"{len(values)} value(s), expected 2")
+            spacing = (float(values[0]), float(values[1]))
+            if not all(math.isfinite(v) and v > 0 for v in spacing):
+                raise ValueError("spacing must be finite and positive")
+            return spacing
+        except (ImageReadError, *DICOM_ERRORS) as error:
+            logger.warning(
+                "%s: ignoring malformed %s %r (%s: %s)",
+                path, keyword, _raw_value(dataset, keyword), type(error).__name__, error,
+            )
+    return None
 
 
 def _text(value: Any) -> str | None:

@@ -36,7 +36,8 @@ pixels become 0 (with a logged warning); an image with no finite pixel is an err
 Errors
 ------
 Every failure raises :class:`cxrfm.errors.ImageReadError` whose message names the file and the
-reason: missing file, directory, 0-byte file, no read permission, unknown format, truncated or
+reason (an exception of any other type from a decoder is wrapped into one, the original chained as
+``__cause__``): missing file, directory, 0-byte file, no read permission, unknown format, truncated or
 corrupt data, zero-size image, non-2-D ``.npy``, multi-frame files (animated GIF/PNG/WebP,
 multi-page TIFF: **rejected**, never silently reduced to the first frame), and images larger than
 ``max_pixels`` or Pillow's ``Image.MAX_IMAGE_PIXELS`` (Pillow's decompression-bomb warning is turned
@@ -73,12 +74,13 @@ from cxrfm.io._common import (
     array_to_unit_range,
     check_readable_file,
     check_size,
+    guard_unexpected,
     luminance,
     nonzero_mask,
     read_head,
     scale_by_full_range,
 )
-from cxrfm.io.dicom import DICOM_SUFFIXES, decode_dicom_pixels, read_dicom
+from cxrfm.io.dicom import DICOM_SUFFIXES, decode_dicom_pixels, read_dicom_image
 
 logger = logging.getLogger(__name__)
 
@@ -116,15 +118,16 @@ def read_image(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PI
         ImageReadError: any failure, with the file and the reason in the message.
     """
     path = check_readable_file(path)
-    kind = _file_kind(path)
-    if kind == "dicom":
-        return read_dicom(path, max_pixels=max_pixels)[0]
-    pixels, full_scale = _decode_npy(path, max_pixels) if kind == "npy" else _decode_pil(path, max_pixels)
-    if full_scale is not None:
-        image = scale_by_full_range(pixels, full_scale)
-    else:
-        image = array_to_unit_range(pixels, path)
-    return np.ascontiguousarray(image, dtype=np.float32)
+    with guard_unexpected(path):
+        kind = _file_kind(path)
+        if kind == "dicom":
+            return read_dicom_image(path, max_pixels=max_pixels)
+        pixels, full_scale = _decode_npy(path, max_pixels) if kind == "npy" else _decode_pil(path, max_pixels)
+        if full_scale is not None:
+            image = scale_by_full_range(pixels, full_scale)
+        else:
+            image = array_to_unit_range(pixels, path)
+        return np.ascontiguousarray(image, dtype=np.float32)
 
 
 def read_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -137,15 +140,16 @@ def read_mask(path: str | os.PathLike[str], *, max_pixels: int = DEFAULT_MAX_PIX
         ImageReadError: as :func:`read_image`, plus non-finite values in a float mask.
     """
     path = check_readable_file(path)
-    kind = _file_kind(path)
-    if kind == "dicom":
-        stored, _ = decode_dicom_pixels(path, max_pixels=max_pixels)
-        pixels = luminance(stored) if stored.ndim == 3 else stored
-    elif kind == "npy":
-        pixels, _ = _decode_npy(path, max_pixels)
-    else:
-        pixels, _ = _decode_pil(path, max_pixels)
-    return np.ascontiguousarray(nonzero_mask(pixels, path))
+    with guard_unexpected(path):
+        kind = _file_kind(path)
+        if kind == "dicom":
+            stored, _ = decode_dicom_pixels(path, max_pixels=max_pixels)
+            pixels = luminance(stored) if stored.ndim == 3 else stored
+        elif kind == "npy":
+            pixels, _ = _decode_npy(path, max_pixels)
+        else:
+            pixels, _ = _decode_pil(path, max_pixels)
+        return np.ascontiguousarray(nonzero_mask(pixels, path))
 
 
 def _file_kind(path: Path) -> Literal["dicom", "npy", "pil"]:
