@@ -13,6 +13,16 @@ are 8-bit PNG (0/255); labels float32 ``.npy`` (NaN and -1 survive exactly).
 Writing is atomic per shard (``.tar.tmp`` renamed when complete) and resumable: ``index.json``
 is rewritten after each shard with ``"complete": false``, and a new call with the same settings
 continues after the last finished shard.
+
+Bad input is a :class:`~cxrfm.errors.DatasetError` naming the file (and the sample key): an
+``index.json`` that is not UTF-8 JSON of the expected shape (shard names must be plain file names
+in the folder), a listed or pattern-matched shard that does not exist, a pattern expanding to
+more than :data:`MAX_SHARDS` names (checked before expanding), a shard that is not a tar or is
+truncated (also when it ends cleanly but holds fewer samples than the index lists), and a sample
+whose members are missing (image, ``meta.json``), undecodable, or of the wrong size, dtype or
+shape. The sample-level errors are skipped and counted with ``ShardDataset(skip_unreadable=True)``;
+errors about a whole shard are always raised (a damaged copy of the data set should be fixed, not
+silently trained on in part).
 """
 
 from __future__ import annotations
@@ -29,25 +39,32 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import IterableDataset
 
 from cxrfm.data.dataset import CXRDataset, Transform
 from cxrfm.data.sample import CXRSample
+from cxrfm.data.shard_format import (  # noqa: F401 - public names re-exported from here
+    ENCODINGS,
+    INDEX_FILE,
+    INDEX_FORMAT,
+    MAX_SHARDS,
+    URL_SCHEME,
+    check_index,
+    decode_image,
+    decode_sample,
+    encode_image,
+    encode_sample,
+    expand_pattern,
+    json_value,
+    load_index,
+    read_shard_index,
+    tar_reason,
+)
 from cxrfm.errors import DatasetError, ImageReadError
 from cxrfm.io import resize_image, resize_mask
 
 log = logging.getLogger(__name__)
-
-INDEX_FILE = "index.json"
-INDEX_FORMAT = "cxrfm-shards/1"
-ENCODINGS = ("png16", "png8", "jpeg")
-JPEG_QUALITY = 95
-# zlib level 1: at 1280x1280 16-bit about 3x faster to encode than Pillow's default (6) for ~6 % more
-# bytes, and a little faster to decode; shard writing is encode-bound.
-PNG_COMPRESS_LEVEL = 1
 
 # Settings that must match for a resumed write to continue an earlier one.
 _RESUME_KEYS = (
@@ -61,106 +78,6 @@ _RESUME_KEYS = (
     "label_names",
 )
 _TAR_HEADER_BYTES = 1024  # a member header plus padding, for the shard-size budget
-
-
-# ------------------------------------------------------------------------------------- encoding
-
-
-def encode_image(image: torch.Tensor | np.ndarray, encoding: str) -> tuple[str, bytes]:
-    """``(1, H, W)`` or ``(H, W)`` in ``[0, 1]`` -> ``(extension, bytes)``."""
-    pixels = np.clip(np.asarray(image, dtype=np.float64).reshape(image.shape[-2:]), 0.0, 1.0)
-    buffer = io.BytesIO()
-    if encoding == "png16":
-        Image.fromarray(np.rint(pixels * 65535).astype(np.uint16)).save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        return "png", buffer.getvalue()
-    quantised = Image.fromarray(np.rint(pixels * 255).astype(np.uint8))
-    if encoding == "png8":
-        quantised.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-        return "png", buffer.getvalue()
-    if encoding == "jpeg":
-        quantised.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-        return "jpg", buffer.getvalue()
-    raise ValueError(f"encoding must be one of {ENCODINGS}, got {encoding!r}")
-
-
-def decode_image(data: bytes) -> torch.Tensor:
-    """PNG (8/16-bit) or JPEG bytes -> ``(1, H, W)`` float32 in ``[0, 1]``."""
-    with Image.open(io.BytesIO(data)) as image:
-        if image.mode.startswith("I"):  # 16-bit PNG opens as I;16 (or I on some Pillow builds)
-            pixels = np.asarray(image, dtype=np.float32) / 65535.0
-        else:
-            pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(0)
-
-
-def _encode_mask(mask: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray((mask.reshape(mask.shape[-2:]).numpy() >= 0.5).astype(np.uint8) * 255).save(
-        buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL
-    )
-    return buffer.getvalue()
-
-
-def _decode_mask(data: bytes) -> torch.Tensor:
-    with Image.open(io.BytesIO(data)) as image:
-        pixels = (np.asarray(image.convert("L")) >= 128).astype(np.float32)
-    return torch.from_numpy(pixels).unsqueeze(0)
-
-
-def _json_value(value: Any) -> Any:
-    """Make meta values JSON-able: paths and unknown objects as strings, arrays as lists."""
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, (np.ndarray, torch.Tensor)):
-        return value.tolist()
-    return str(value)
-
-
-def encode_sample(sample: CXRSample, encoding: str = "png16") -> dict[str, bytes]:
-    """A :class:`CXRSample` -> ``{suffix: bytes}`` members of one WebDataset sample."""
-    members: dict[str, bytes] = {}
-    extension, members_image = encode_image(sample.image, encoding)
-    members[f"image.{extension}"] = members_image
-    for number, view in enumerate(sample.meta.get("extra_images", ()), start=1):
-        members[f"view{number}.{extension}"] = encode_image(view, encoding)[1]
-    if sample.lung_mask is not None:
-        members["mask.png"] = _encode_mask(sample.lung_mask)
-    if sample.labels is not None:
-        buffer = io.BytesIO()
-        np.save(buffer, sample.labels.numpy().astype(np.float32), allow_pickle=False)
-        members["labels.npy"] = buffer.getvalue()
-    if sample.findings is not None:
-        members["findings.txt"] = sample.findings.encode("utf-8")
-    if sample.impression is not None:
-        members["impression.txt"] = sample.impression.encode("utf-8")
-    meta = {key: value for key, value in sample.meta.items() if key != "extra_images"}
-    members["meta.json"] = json.dumps(meta, default=_json_value, ensure_ascii=False).encode("utf-8")
-    return members
-
-
-def decode_sample(raw: dict[str, Any]) -> CXRSample:
-    """One WebDataset sample (``{"__key__": ..., suffix: bytes}``) -> :class:`CXRSample`."""
-    image_key = next((k for k in ("image.png", "image.jpg") if k in raw), None)
-    if image_key is None:
-        raise DatasetError(raw.get("__url__", "shard"), f"sample {raw.get('__key__')} has no image member")
-    meta = json.loads(raw["meta.json"]) if "meta.json" in raw else {}
-    views = sorted((k for k in raw if k.startswith("view")), key=lambda k: int(k.split(".")[0][4:]))
-    if views:
-        meta["extra_images"] = [decode_image(raw[k]) for k in views]
-    meta["shard_key"] = raw.get("__key__")
-    labels = None
-    if "labels.npy" in raw:
-        labels = torch.from_numpy(np.load(io.BytesIO(raw["labels.npy"]), allow_pickle=False).astype(np.float32))
-    return CXRSample(
-        image=decode_image(raw[image_key]),
-        lung_mask=_decode_mask(raw["mask.png"]) if "mask.png" in raw else None,
-        labels=labels,
-        findings=raw["findings.txt"].decode("utf-8") if "findings.txt" in raw else None,
-        impression=raw["impression.txt"].decode("utf-8") if "impression.txt" in raw else None,
-        meta=meta,
-    )
 
 
 # -------------------------------------------------------------------------------------- writing
@@ -179,7 +96,7 @@ def _resized(sample: CXRSample, image_size: tuple[int, int] | None, mode: str) -
 
 def _write_json_atomic(path: Path, value: Any) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(value, indent=1, default=_json_value), encoding="utf-8")
+    temporary.write_text(json.dumps(value, indent=1, default=json_value), encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -233,7 +150,7 @@ def _resume_state(out_dir: Path, settings: dict[str, Any], resume: bool) -> dict
         if any(out_dir.glob("*.tar")):
             raise DatasetError(out_dir, "folder holds .tar files but no index.json; write shards into an empty folder")
         return None
-    index = json.loads(index_path.read_text(encoding="utf-8"))
+    index = check_index(load_index(index_path), index_path, finished=False)
     if not resume:
         raise DatasetError(index_path, "shards already written here; choose another folder or pass resume=True")
     changed = [key for key in _RESUME_KEYS if index.get(key) != settings[key]]
@@ -372,7 +289,10 @@ def write_shards(
     if max_samples_per_shard < 1 or max_shard_bytes < 1:
         raise ValueError("max_samples_per_shard and max_shard_bytes must be positive")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:  # a file of that name, or no permission
+        raise DatasetError(out_dir, f"cannot create the output folder ({error.strerror or error})") from None
     image_size = image_size if image_size is not None else getattr(dataset, "image_size", None)
     image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
     positions = list(range(len(dataset))) if indices is None else [int(i) for i in indices]
@@ -429,22 +349,6 @@ def _split_counts(dataset: Any, positions: Sequence[int], skipped: list[dict[str
     return dict(counts)
 
 
-def read_shard_index(folder: str | Path) -> dict[str, Any]:
-    """Load ``folder/index.json``; missing, malformed or unfinished -> DatasetError."""
-    path = Path(folder) / INDEX_FILE
-    if not path.is_file():
-        raise DatasetError(path, "shard index not found")
-    try:
-        index = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise DatasetError(path, f"invalid JSON ({error.msg})") from None
-    if index.get("format") != INDEX_FORMAT:
-        raise DatasetError(path, f"not a cxrfm shard index (format {index.get('format')!r})")
-    if not index.get("complete"):
-        raise DatasetError(path, "shard writing did not finish; run the write again to resume it")
-    return index
-
-
 # -------------------------------------------------------------------------------------- reading
 
 
@@ -484,6 +388,17 @@ class ShardDataset(IterableDataset):
         seed: base seed of both shuffles.
         split_by_node, split_by_worker: give each rank / worker its own shards.
         transform: callable applied to each decoded sample.
+        skip_unreadable: when True a sample that cannot be decoded (a corrupt or missing member,
+            a wrong size, dtype or shape) is left out, counted in :attr:`skipped_count` /
+            :attr:`skipped_keys` and logged every ``log_every`` skips, as in the map-style
+            datasets' option of that name; when False its :class:`DatasetError` (naming the shard
+            and the sample key) propagates. A shard that cannot be read as a whole (not a tar,
+            truncated, fewer samples than the index lists) always raises. Counters are per
+            process: with DataLoader workers each worker counts its own.
+
+    Every problem with the source (no shard found, a listed or matched shard missing, a bad
+    index, a pattern expanding to more than :data:`MAX_SHARDS` names) is a :class:`DatasetError`
+    raised here, before iterating.
     """
 
     def __init__(
@@ -496,11 +411,16 @@ class ShardDataset(IterableDataset):
         split_by_node: bool = True,
         split_by_worker: bool = True,
         transform: Transform | None = None,
+        skip_unreadable: bool = False,
+        log_every: int = 100,
     ):
         super().__init__()
+        self.source = str(source) if isinstance(source, (str, Path)) else f"{len(source)} shard path(s)"
         self.urls, self.index = self._resolve(source)
         if not self.urls:
             raise DatasetError(str(source), "no shards found")
+        # Samples each shard of the index holds: a shard that yields fewer was cut short.
+        self._expected_counts: dict[str, int] = self._expected(self.urls, self.index, source)
         self.label_names: tuple[str, ...] = tuple(self.index.get("label_names", ()))
         size = self.index.get("image_size")
         self.image_size = None if size is None else (int(size[0]), int(size[1]))
@@ -511,22 +431,42 @@ class ShardDataset(IterableDataset):
         self.split_by_node = split_by_node
         self.split_by_worker = split_by_worker
         self.transform = transform
+        self.skip_unreadable = bool(skip_unreadable)
+        self.log_every = max(1, int(log_every))
+        self.skipped_count = 0
+        self.skipped_keys: list[str] = []
         self.epoch = 0
 
     @staticmethod
     def _resolve(source: str | Path | Sequence[str | Path]) -> tuple[list[str], dict[str, Any]]:
         if isinstance(source, (str, Path)) and Path(source).is_dir():
             index = read_shard_index(source)
-            return [str(Path(source) / s["name"]) for s in index["shards"]], index
-        if isinstance(source, (str, Path)):
-            from webdataset.shardlists import expand_urls
-
-            urls = expand_urls(str(source))
-        else:
-            urls = [str(u) for u in source]
-        index_path = Path(urls[0]).parent / INDEX_FILE if urls else None
+            urls = [str(Path(source) / s["name"]) for s in index["shards"]]
+            missing = [s["name"] for s in index["shards"] if not (Path(source) / s["name"]).is_file()]
+            if missing:
+                raise DatasetError(Path(source) / INDEX_FILE, f"listed shard(s) {missing[:3]} are missing ({len(missing)} of {len(urls)})")
+            return urls, index
+        urls = expand_pattern(str(source)) if isinstance(source, (str, Path)) else [str(u) for u in source]
+        local = [url for url in urls if not URL_SCHEME.match(url)]
+        missing = [url for url in local if not Path(url).is_file()]
+        if urls and len(missing) == len(urls):
+            raise DatasetError(str(source), f"no shard found: {missing[0]} is not a file" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        if missing:
+            raise DatasetError(missing[0], f"shard not found ({len(missing)} of the {len(urls)} shard(s) of {source} are missing)")
+        index_path = Path(local[0]).parent / INDEX_FILE if local else None
         index = read_shard_index(index_path.parent) if index_path is not None and index_path.is_file() else {}
         return urls, index
+
+    @staticmethod
+    def _expected(urls: list[str], index: dict[str, Any], source: Any) -> dict[str, int]:
+        if not index:
+            return {}
+        if isinstance(source, (str, Path)) and Path(source).is_dir():
+            folder = Path(source)
+        else:
+            folder = Path(next(u for u in urls if not URL_SCHEME.match(u))).parent
+        counts = {str(folder / s["name"]): s["num_samples"] for s in index["shards"]}
+        return {url: counts[str(Path(url))] for url in urls if str(Path(url)) in counts}
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the shuffle order of the next iteration (same epoch -> same order)."""
@@ -547,7 +487,6 @@ class ShardDataset(IterableDataset):
         return urls
 
     def __iter__(self) -> Iterator[CXRSample]:
-        from webdataset.tariterators import tarfile_samples
         from webdataset.utils import pytorch_worker_info
 
         urls = self.shards_for_this_process()
@@ -555,10 +494,47 @@ class ShardDataset(IterableDataset):
         if not urls:
             log.warning("rank %d worker %d got no shard: use more shards than ranks x workers", rank, worker)
             return
-        samples: Iterator[Any] = tarfile_samples([{"url": url} for url in urls])
+        samples: Iterator[Any] = (raw for url in urls for raw in self._shard_samples(url))
         if self.shuffle and self.shuffle_buffer > 1:
             rng = random.Random(f"{self.seed}-{self.epoch}-{rank}-{worker}")
             samples = _buffer_shuffle(samples, self.shuffle_buffer, rng)
+        num_labels = len(self.label_names) or None
         for raw in samples:
-            sample = decode_sample(raw)
+            try:
+                sample = decode_sample(raw, image_size=self.image_size, num_labels=num_labels)
+            except DatasetError as error:
+                if not self.skip_unreadable:
+                    raise
+                self._note_skip(raw, error)
+                continue
             yield self.transform(sample) if self.transform is not None else sample
+
+    def _shard_samples(self, url: str) -> Iterator[dict[str, Any]]:
+        """The raw samples of one shard; a shard that cannot be read through raises DatasetError."""
+        from webdataset.tariterators import tarfile_samples
+
+        count = 0
+        stream = iter(tarfile_samples([{"url": url}]))
+        while True:
+            try:
+                raw = next(stream)
+            except StopIteration:
+                break
+            except Exception as error:  # noqa: BLE001 - tarfile, gopen, webdataset: the file itself is bad
+                raise DatasetError(url, f"{tar_reason(error)} (after {count} sample(s))") from None
+            count += 1
+            yield raw
+        expected = self._expected_counts.get(url)
+        if expected is not None and count != expected:
+            raise DatasetError(
+                url, f"holds {count} sample(s) but {INDEX_FILE} lists {expected}: the file is truncated or was replaced"
+            )
+
+    def _note_skip(self, raw: dict[str, Any], error: DatasetError) -> None:
+        self.skipped_count += 1
+        if len(self.skipped_keys) < 10_000:
+            self.skipped_keys.append(f"{raw.get('__url__')}:{raw.get('__key__')}")
+        if self.skipped_count == 1 or self.skipped_count % self.log_every == 0:
+            log.warning("%s: skipped %d unreadable sample(s) so far; latest: %s", self.source, self.skipped_count, error)
+
+
