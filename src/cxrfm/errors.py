@@ -8,14 +8,29 @@ from pathlib import Path
 class CXRFMError(Exception):
     """Base class of every error cxrfm raises on purpose."""
 
-    # Subclasses take (path-like, reason) rather than one message; tell pickle how to rebuild them
-    # so an error raised inside a DataLoader worker reaches the main process as itself.
+    # Subclasses take (path-like, reason) rather than one message; tell pickle how to rebuild them.
     _init_fields: tuple[str, ...] = ()
 
     def __reduce__(self):
         if not self._init_fields:
             return super().__reduce__()
         return (type(self), tuple(getattr(self, name) for name in self._init_fields))
+
+    def _init_from_worker(self, text: str, fields: tuple[str, ...]) -> bool:
+        """Rebuild from torch's DataLoader re-raise, which calls ``ErrorType(text)`` with text =
+        "Caught ErrorType in DataLoader worker process N. Original Traceback ...". The original
+        one-line message (the traceback's last line) becomes this error's message, so the CLI still
+        prints one line and no traceback. Returns False when ``text`` is not such a message."""
+        if not (text.startswith("Caught ") and "Original Traceback" in text):
+            return False
+        last = [line for line in text.splitlines() if line.strip()][-1].strip()
+        prefix = f"{type(self).__module__}.{type(self).__qualname__}: "
+        message = last[len(prefix):] if last.startswith(prefix) else last
+        for name in fields:
+            setattr(self, name, None)
+        self.reason = message
+        Exception.__init__(self, message)
+        return True
 
 
 class ImageReadError(CXRFMError):
@@ -27,7 +42,9 @@ class ImageReadError(CXRFMError):
 
     _init_fields = ("path", "reason")
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None and self._init_from_worker(str(path), ("path",)):
+            return
         self.path = str(path)
         self.reason = reason
         super().__init__(f"cannot read image {self.path}: {reason}")
@@ -38,7 +55,9 @@ class DatasetError(CXRFMError):
 
     _init_fields = ("source", "reason")
 
-    def __init__(self, source: str | Path, reason: str):
+    def __init__(self, source: str | Path, reason: str | None = None):
+        if reason is None and self._init_from_worker(str(source), ("source",)):
+            return
         self.source = str(source)
         self.reason = reason
         super().__init__(f"dataset {self.source}: {reason}")
@@ -49,7 +68,9 @@ class ConfigError(CXRFMError):
 
     _init_fields = ("field", "reason", "source")
 
-    def __init__(self, field: str, reason: str, source: str | Path | None = None):
+    def __init__(self, field: str, reason: str | None = None, source: str | Path | None = None):
+        if reason is None and self._init_from_worker(str(field), ("field", "source")):
+            return
         self.field = field
         self.reason = reason
         self.source = None if source is None else str(source)
@@ -62,7 +83,9 @@ class CheckpointError(CXRFMError):
 
     _init_fields = ("path", "reason")
 
-    def __init__(self, path: str | Path, reason: str):
+    def __init__(self, path: str | Path, reason: str | None = None):
+        if reason is None and self._init_from_worker(str(path), ("path",)):
+            return
         self.path = str(path)
         self.reason = reason
         super().__init__(f"checkpoint {self.path}: {reason}")

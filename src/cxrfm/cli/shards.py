@@ -29,13 +29,17 @@ def _byte_count(text: str) -> int:
 
 
 def _option(text: str) -> tuple[str, Any]:
-    """``key=value`` with the value parsed as YAML (``true``, ``2``, ``[PA, AP]``, ``/a/path``)."""
-    import yaml
+    """``key=value`` with the value read as in a config file (``true``, ``2``, ``1e-4``, ``[PA, AP]``)."""
+    from cxrfm.config import parse_yaml
+    from cxrfm.errors import ConfigError
 
     key, separator, value = text.partition("=")
     if not separator or not key.strip():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), yaml.safe_load(value) if value.strip() else None
+    try:
+        return key.strip(), parse_yaml(value, "--option") if value.strip() else None
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(f"{key.strip()}: {exc.reason}") from None
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -161,7 +161,10 @@ def _build_raw(spec: DatasetSpec, role: str | None, split, size, field_name: str
     if spec.kind == "shards":
         from cxrfm.data.shards import ShardDataset
 
-        return ShardDataset(spec.root, **spec.options)
+        try:
+            return ShardDataset(spec.root, **spec.options)
+        except TypeError as exc:
+            raise ConfigError(f"{field_name}.options", f"shards: {exc}") from None
     root = Path(spec.root).expanduser()
     if not root.exists():
         raise ConfigError(f"{field_name}.root", f"{root} does not exist")
