@@ -153,3 +153,16 @@ def test_mixed_precision_trains_on_cpu(tmp_path, precision):
     assert all(math.isfinite(record["loss"]) for record in result.history)
     if precision == "fp16":  # the GradScaler is active and reported
         assert all(record["loss_scale"] > 0 for record in result.history)
+
+
+def test_a_torn_last_metrics_line_does_not_stop_the_resume(tmp_path):
+    # A run killed while appending to metrics.jsonl leaves half a line: the resume drops it (and
+    # the steps logged after the checkpoint) instead of failing on JSON.
+    part = _config(tmp_path, "part", max_steps=8, checkpoint_every=3)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        Trainer(toy_model(), _CrashingTask(), ToyRegression(), part).fit()
+    with open(tmp_path / "part" / "metrics.jsonl", "a", encoding="utf-8") as handle:
+        handle.write('{"step": 6, "loss": 0.')  # no newline, no closing brace
+    Trainer(toy_model(), ToyTask(), ToyRegression(), part).fit(resume=True)
+    lines = [json.loads(line) for line in (tmp_path / "part" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in lines] == list(range(1, 9))

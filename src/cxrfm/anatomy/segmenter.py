@@ -11,17 +11,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import operator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from cxrfm.anatomy.postprocess import clean_lung_mask
-from cxrfm.errors import CheckpointError
+from cxrfm.config import from_dict
+from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.io.image import fit_geometry, resize_image
 
 log = logging.getLogger(__name__)
@@ -47,12 +50,30 @@ class LungSegmenterConfig:
     norm: Literal["batch", "group"] = "batch"
 
     def __post_init__(self) -> None:
-        self.input_size = (int(self.input_size[0]), int(self.input_size[1]))
+        size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else ()
+        if len(size) != 2 or not all(_is_int(side) and side > 0 for side in size):
+            raise ValueError(f"input_size must be two positive integers (H, W), got {self.input_size!r}")
+        self.input_size = (int(size[0]), int(size[1]))
+        for name in ("base_width", "depth"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         stride = 2**self.depth
         if any(side % stride for side in self.input_size):
             raise ValueError(f"input_size {self.input_size} must be divisible by 2**depth = {stride}")
         if self.norm not in ("batch", "group"):
             raise ValueError(f"norm must be 'batch' or 'group', got {self.norm!r}")
+
+
+def _is_int(value) -> bool:
+    """An integer, numpy's included (bools and floats such as 64.5 are not)."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+    except TypeError:
+        return False
+    return True
 
 
 # Named presets: "tiny" trains on phantoms in seconds; "default" is the OpenIST benchmark model
@@ -172,25 +193,88 @@ class LungSegmenter(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "LungSegmenter":
-        """Load a folder written by :meth:`save_pretrained`; raises :class:`CheckpointError`."""
+        """Load a folder written by :meth:`save_pretrained`.
+
+        Raises:
+            CheckpointError: naming the file (and field) of a missing, malformed or mismatched
+                folder; the weights are read by safetensors only (never a pickle), and compared
+                with the config on the ``meta`` device before any memory is allocated.
+        """
         directory = Path(directory)
+        if directory.exists() and not directory.is_dir():
+            raise CheckpointError(directory, f"is a file, not a folder with {CONFIG_FILE} + {WEIGHTS_FILE}")
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
                 raise CheckpointError(directory, f"missing {name}")
+        config, present = _read_config(directory / CONFIG_FILE)
+        weights = directory / WEIGHTS_FILE
         try:
-            raw = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
-            if raw.pop("model", "LungSegmenter") != "LungSegmenter":
-                raise ValueError("config.json is not a LungSegmenter config")
-            config = LungSegmenterConfig(**raw)
-        except (ValueError, TypeError) as exc:
-            raise CheckpointError(directory / CONFIG_FILE, f"bad config: {exc}") from None
-        model = cls(config)
+            state = load_file(str(weights))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(weights, f"cannot read weights: {exc}") from None
+        skeleton = _build(cls, config, directory / CONFIG_FILE, "meta")  # no memory: shapes only
         try:
-            state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+            _check_state(skeleton, state, weights)
+        except CheckpointError as exc:
+            absent = [f.name for f in dataclasses.fields(LungSegmenterConfig) if f.name not in present]
+            if not absent:
+                raise
+            raise CheckpointError(weights, f"{exc.reason}; {CONFIG_FILE} lacks {', '.join(absent)} (defaults were used)") from None
+        model = _build(cls, config, directory / CONFIG_FILE)
+        try:
             model.load_state_dict(state, strict=True)
-        except (RuntimeError, OSError) as exc:
-            raise CheckpointError(directory / WEIGHTS_FILE, f"weights do not match the config: {exc}") from None
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise CheckpointError(weights, f"weights do not match the config: {exc}") from None
         return model.to(map_location).eval()
+
+
+def _read_config(path: Path) -> tuple[LungSegmenterConfig, set[str]]:
+    """Strictly parse a segmenter ``config.json`` -> (config, the fields it holds); problems are CheckpointErrors naming it."""
+    try:
+        raw = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(path, f"cannot be read ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(path, f"bad config: not UTF-8 text (offset {exc.start})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(path, f"bad config: not valid JSON ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(path, f"bad config: expected a JSON object, got a {type(raw).__name__}")
+    if "model_type" in raw:
+        raise CheckpointError(path, f"bad config: a {raw['model_type']!r} checkpoint, not a LungSegmenter")
+    model = raw.pop("model", "LungSegmenter")
+    if model != "LungSegmenter":
+        raise CheckpointError(path, f"bad config: field 'model' is {model!r}, not a LungSegmenter config")
+    try:
+        return from_dict(LungSegmenterConfig, raw, source=path), set(raw)
+    except ConfigError as exc:
+        raise CheckpointError(path, f"bad config: field '{exc.field}': {exc.reason}") from None
+    except (TypeError, ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise CheckpointError(path, f"bad config: {exc}") from None
+
+
+def _build(cls, config: LungSegmenterConfig, config_path: Path, device: str | None = None) -> "LungSegmenter":
+    try:
+        if device is None:
+            return cls(config)
+        with torch.device(device):
+            return cls(config)
+    except (RuntimeError, MemoryError, OverflowError, ValueError) as exc:
+        raise CheckpointError(config_path, f"describes a model that cannot be built ({type(exc).__name__}: {exc})") from None
+
+
+def _check_state(model: nn.Module, state: dict[str, torch.Tensor], weights: Path) -> None:
+    """Names and shapes of ``state`` against ``model``'s (which may be on the meta device)."""
+    expected = model.state_dict()
+    problems = []
+    for label, names in (("missing", set(expected) - set(state)), ("unexpected", set(state) - set(expected))):
+        if names:
+            problems.append(f"{label} {', '.join(sorted(names)[:5])}" + (f" (+{len(names) - 5} more)" if len(names) > 5 else ""))
+    wrong = [f"{n} {tuple(state[n].shape)} != {tuple(t.shape)}" for n, t in expected.items() if n in state and state[n].shape != t.shape]
+    if wrong:
+        problems.append(f"shape mismatch {', '.join(sorted(wrong)[:5])}")
+    if problems:
+        raise CheckpointError(weights, "weights do not match the config: " + "; ".join(problems))
 
 
 def standardize(images: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:

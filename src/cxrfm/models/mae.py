@@ -18,16 +18,16 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from cxrfm.errors import CheckpointError, ConfigError
-from cxrfm.models.layers import Block, init_transformer_weights, interpolate_pos_embed, sincos_pos_embed_2d
+from cxrfm.models.layers import Block, init_transformer_weights, sincos_pos_embed_2d
 from cxrfm.models.masking import MaskingResult
 from cxrfm.models.pretrained import (
+    build_and_load,
     config_from_record,
-    load_weights,
     read_config_record,
     read_weights,
     write_pretrained,
 )
-from cxrfm.models.vit import ViTConfig, VisionTransformer, vit_config
+from cxrfm.models.vit import ViTConfig, VisionTransformer, check_positive_int, resample_pos_embed_state, vit_config
 
 
 @dataclass
@@ -47,6 +47,10 @@ class MAEConfig:
     norm_pix_loss: bool = False
 
     def __post_init__(self) -> None:
+        for name in ("decoder_embed_dim", "decoder_depth", "decoder_num_heads"):
+            check_positive_int(self, name)
+        if not isinstance(self.norm_pix_loss, bool):
+            raise ValueError(f"norm_pix_loss must be true or false, got {self.norm_pix_loss!r}")
         if self.decoder_embed_dim % self.decoder_num_heads:
             raise ValueError(
                 f"decoder_embed_dim {self.decoder_embed_dim} is not divisible by decoder_num_heads "
@@ -257,7 +261,11 @@ class MaskedAutoencoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> "MaskedAutoencoder":
-        """Load a ``save_pretrained`` folder; overrides name MAE or encoder fields (e.g. ``image_size``)."""
+        """Load a ``save_pretrained`` folder; overrides name MAE or encoder fields (e.g. ``image_size``).
+
+        Raises:
+            CheckpointError: naming the file (and field) of a missing, malformed or mismatched folder.
+        """
         record = read_config_record(directory)
         model_type = record.pop("model_type")
         if model_type != "mae":
@@ -267,12 +275,6 @@ class MaskedAutoencoder(nn.Module):
             config = _with_overrides(saved, overrides)
         except (ConfigError, TypeError, ValueError) as exc:
             raise CheckpointError(directory, f"bad override: {exc}") from None
-        model = cls(config)
         state = read_weights(directory)
-        if "encoder.pos_embed" in state and config.encoder.pos_embed == "learned":
-            state["encoder.pos_embed"] = interpolate_pos_embed(
-                state["encoder.pos_embed"], saved.encoder.grid_size, config.encoder.grid_size,
-                config.encoder.num_prefix_tokens,
-            )
-        load_weights(model, state, directory)
-        return model
+        resample_pos_embed_state(state, "encoder.pos_embed", saved.encoder, config.encoder)
+        return build_and_load(directory, lambda: cls(config), state, record)

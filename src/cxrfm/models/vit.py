@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -28,8 +29,9 @@ from cxrfm.models.layers import (
     sincos_pos_embed_2d,
 )
 from cxrfm.models.pretrained import (
+    CONFIG_NAME,
+    build_and_load,
     config_from_record,
-    load_weights,
     read_config_record,
     read_weights,
     write_pretrained,
@@ -66,6 +68,21 @@ class ViTConfig:
         # JSON/YAML give lists; keep sizes as tuples so configs compare and hash cleanly.
         self.image_size = _pair(self.image_size, "image_size")
         self.patch_size = _pair(self.patch_size, "patch_size")
+        # Checked before anything divides by them or sizes a tensor with them.
+        for name in ("in_channels", "embed_dim", "depth", "num_heads"):
+            check_positive_int(self, name)
+        check_number(self, "mlp_ratio", low=0.0, low_open=True)
+        check_number(self, "drop_path_rate", low=0.0, high=1.0)
+        check_number(self, "norm_eps", low=0.0, low_open=True)
+        for name in ("qkv_bias", "class_token", "grad_checkpointing"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.patch_embed not in ("linear", "conv_stem"):
+            raise ValueError(f"patch_embed must be 'linear' or 'conv_stem', got {self.patch_embed!r}")
+        if self.pos_embed not in ("sincos", "learned"):
+            raise ValueError(f"pos_embed must be 'sincos' or 'learned', got {self.pos_embed!r}")
+        if int(self.embed_dim * self.mlp_ratio) < 1:
+            raise ValueError(f"mlp_ratio {self.mlp_ratio} leaves no hidden unit at embed_dim {self.embed_dim}")
         image_h, image_w = self.image_size
         patch_h, patch_w = self.patch_size
         if image_h % patch_h or image_w % patch_w:
@@ -94,12 +111,34 @@ class ViTConfig:
 
 
 def _pair(value, name: str) -> tuple[int, int]:
-    if isinstance(value, int):
-        return (value, value)
-    value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value, value)
+    try:
+        value = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be two positive integers (H, W), got {value!r}") from None
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
         raise ValueError(f"{name} must be two positive integers (H, W), got {value}")
     return value
+
+
+def check_positive_int(config, name: str) -> None:
+    """Raise a ValueError naming field ``name`` of ``config`` unless it is an integer >= 1."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_number(config, name: str, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False) -> None:
+    """Raise a ValueError naming field ``name`` unless it is a finite number in the given range."""
+    value = getattr(config, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and (value >= high if high_open else value > high)
+    if too_low or too_high:
+        interval = f"{'(' if low_open else '['}{'-inf' if low is None else low}, {'inf' if high is None else high}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
 
 
 VIT_PRESETS: dict[str, ViTConfig] = {
@@ -267,27 +306,43 @@ class VisionTransformer(nn.Module):
 
         ``overrides`` replace config fields, e.g. ``image_size=(384, 384)`` (position embeddings
         are resampled), ``drop_path_rate=0.1`` or ``grad_checkpointing=True``.
+        Raises:
+            CheckpointError: naming the file (and field) of a missing, malformed or mismatched folder.
         """
         record = read_config_record(directory)
         model_type = record.pop("model_type")
-        state = read_weights(directory)
         if model_type == "mae":
-            record = record["encoder"]
-            state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
-        elif model_type != "vit":
+            fields, prefix = record.get("encoder"), "encoder"
+            if not isinstance(fields, dict):
+                raise CheckpointError(
+                    Path(directory) / CONFIG_NAME, f"field 'encoder' must hold the encoder's config fields, got {fields!r}"
+                )
+        elif model_type == "vit":
+            fields, prefix = record, ""
+        else:
             raise CheckpointError(directory, f"model_type {model_type!r} is not a ViT or MAE checkpoint")
-        saved = config_from_record(ViTConfig, record, directory)
+        saved = config_from_record(ViTConfig, fields, directory, prefix)
         try:
             config = dataclasses.replace(saved, **overrides)
         except (TypeError, ValueError) as exc:
             raise CheckpointError(directory, f"bad override: {exc}") from None
-        model = cls(config)
-        if "pos_embed" in state and config.pos_embed == "learned":
-            state["pos_embed"] = interpolate_pos_embed(
-                state["pos_embed"], saved.grid_size, config.grid_size, config.num_prefix_tokens
-            )
-        load_weights(model, state, directory)
-        return model
+        state = read_weights(directory)
+        if prefix:
+            state = {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        resample_pos_embed_state(state, "pos_embed", saved, config)
+        return build_and_load(directory, lambda: cls(config), state, fields)
+
+
+def resample_pos_embed_state(state: dict[str, torch.Tensor], key: str, saved: ViTConfig, config: ViTConfig) -> None:
+    """Resample learned ``state[key]`` in place from ``saved``'s patch grid to ``config``'s.
+
+    A tensor whose shape does not fit ``saved`` is left alone: the weight check then names it.
+    """
+    if key not in state or config.pos_embed != "learned":
+        return
+    expected = (1, saved.num_prefix_tokens + saved.num_patches, saved.embed_dim)
+    if tuple(state[key].shape) == expected and config.num_prefix_tokens == saved.num_prefix_tokens:
+        state[key] = interpolate_pos_embed(state[key], saved.grid_size, config.grid_size, config.num_prefix_tokens)
 
 
 def build_encoder(

@@ -20,9 +20,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from cxrfm.data.sample import collate_any, collate_samples
-from cxrfm.errors import ConfigError
+from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.classify import load_classifier
 from cxrfm.models.classify.explain import label_heatmaps
+from cxrfm.models.pretrained import read_json_object
 from cxrfm.utils.runtime import move_to_device, resolve_device
 
 log = logging.getLogger(__name__)
@@ -104,14 +105,29 @@ def save_classifier(model: nn.Module, directory: Path, thresholds: np.ndarray, e
 
 
 def load_thresholds(model_dir: str | Path, label_names: tuple[str, ...]) -> np.ndarray | None:
-    """The validation thresholds saved beside a classifier, or None when there are none."""
+    """The validation thresholds saved beside a classifier, or None when there are none.
+
+    Raises:
+        CheckpointError: ``thresholds.json`` is not JSON, or its ``thresholds`` are not one number
+            in [0, 1] per label. ConfigError: it was written for other labels.
+    """
     path = Path(model_dir) / THRESHOLDS_FILE
     if not path.is_file():
         return None
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if tuple(record.get("label_names", ())) != tuple(label_names):
+    record = read_json_object(path, "a JSON object with 'label_names' and 'thresholds'")
+    saved_names = record.get("label_names", [])
+    if not isinstance(saved_names, list):
+        raise CheckpointError(path, f"field 'label_names' must be a list of label names, got {saved_names!r}")
+    if tuple(saved_names) != tuple(label_names):
         raise ConfigError(str(path), f"thresholds are for {record.get('label_names')}, the model predicts {list(label_names)}")
-    return np.asarray(record["thresholds"], dtype=np.float64)
+    thresholds = record.get("thresholds")
+    if (
+        not isinstance(thresholds, list)
+        or len(thresholds) != len(label_names)
+        or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds)
+    ):
+        raise CheckpointError(path, f"field 'thresholds' must be {len(label_names)} numbers in [0, 1], one per label, got {thresholds!r}"[:400])
+    return np.asarray(thresholds, dtype=np.float64)
 
 
 def saved_dataset(model_dir: str | Path) -> dict:
@@ -119,7 +135,10 @@ def saved_dataset(model_dir: str | Path) -> dict:
     path = Path(model_dir) / THRESHOLDS_FILE
     if not path.is_file():
         return {}
-    return dict(json.loads(path.read_text(encoding="utf-8")).get("dataset") or {})
+    dataset = read_json_object(path).get("dataset") or {}
+    if not isinstance(dataset, dict):
+        raise CheckpointError(path, f"field 'dataset' must be a mapping, got {dataset!r}"[:300])
+    return dict(dataset)
 
 
 @torch.no_grad()

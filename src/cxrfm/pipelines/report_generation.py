@@ -9,6 +9,7 @@ studies (with a progress bar) and :func:`generate_for_input` a folder or manifes
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,9 +23,11 @@ from tqdm.auto import tqdm
 from cxrfm.data.folder import ImageFolderDataset
 from cxrfm.data.manifest import ManifestDataset, resolve_manifest
 from cxrfm.data.sample import CXRSample
-from cxrfm.errors import ConfigError
+from cxrfm.config import from_dict
+from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.report import ReportGenerator
-from cxrfm.models.report.tokenizer import ReportTokenizer
+from cxrfm.models.pretrained import read_json_object
+from cxrfm.models.report.tokenizer import TOKENIZER_NAME, ReportTokenizer
 from cxrfm.utils.runtime import resolve_device, unwrap_model
 
 GENERATION_FILE = "generation.json"
@@ -156,8 +159,9 @@ def load_report_model(model_dir: str | Path, device: str = "auto"):
     """``(ReportGenerator in eval mode on device, generation settings)`` from a trained model folder."""
     model = ReportGenerator.from_pretrained(model_dir).eval()
     if model.tokenizer is None:
-        raise ConfigError("--model", f"{model_dir} has no tokenizer.json: not a trained report model folder")
-    return model.to(resolve_device(device)), read_generation_settings(Path(model_dir))
+        raise CheckpointError(model_dir, f"no {TOKENIZER_NAME}: not a trained report model folder")
+    settings = read_generation_settings(Path(model_dir))
+    return model.to(resolve_device(device)), settings
 
 
 def write_generation_settings(
@@ -178,10 +182,29 @@ def write_generation_settings(
 
 
 def read_generation_settings(directory: Path) -> dict[str, Any]:
+    """``generation.json`` (defaults when there is none); a malformed one is a CheckpointError naming the field."""
     path = Path(directory) / GENERATION_FILE
     if not path.is_file():
         return {"views_per_study": 1, "visual": "vit", "resize_mode": "pad", "decoding": asdict(DecodingSection())}
-    return json.loads(path.read_text(encoding="utf-8"))
+    settings = read_json_object(path)
+    views = settings.get("views_per_study", 1)
+    if isinstance(views, bool) or not isinstance(views, int) or views < 1:
+        raise CheckpointError(path, f"field 'views_per_study' must be an integer >= 1, got {views!r}")
+    for key in ("visual", "text", "language", "resize_mode"):
+        if key in settings and not isinstance(settings[key], str):
+            raise CheckpointError(path, f"field '{key}' must be a string, got {settings[key]!r}")
+    try:
+        decoding = from_dict(DecodingSection, settings.get("decoding"), source=path, prefix="decoding")
+    except ConfigError as exc:
+        raise CheckpointError(path, f"field '{exc.field}': {exc.reason}") from None
+    limits = {"beam_size": 1, "batch_size": 1, "no_repeat_ngram_size": 0, "max_length": 1}
+    for key, low in limits.items():
+        value = getattr(decoding, key)
+        if value is not None and value < low:
+            raise CheckpointError(path, f"field 'decoding.{key}' must be >= {low}, got {value}")
+    if not math.isfinite(decoding.length_penalty):
+        raise CheckpointError(path, f"field 'decoding.length_penalty' must be a finite number, got {decoding.length_penalty}")
+    return {**settings, "decoding": asdict(decoding)}
 
 
 @torch.no_grad()

@@ -15,15 +15,18 @@ Python values so it loads with ``torch.load(weights_only=True)`` (no pickled cod
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import re
 import shutil
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 from torch import nn
 
@@ -130,22 +133,34 @@ def latest_checkpoint(checkpoints_dir: str | Path) -> Path | None:
     checkpoints_dir = Path(checkpoints_dir)
     pointer = checkpoints_dir / LATEST_FILE
     if pointer.is_file():
-        candidate = checkpoints_dir / pointer.read_text(encoding="utf-8").strip()
-        if candidate.is_dir() and is_complete(candidate):
+        try:
+            name = pointer.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError):
+            name = ""
+        # The pointer only ever names a sibling step folder; anything else is damage, not a path to follow.
+        candidate = checkpoints_dir / name if _STEP_PATTERN.match(name) else None
+        if candidate is not None and candidate.is_dir() and is_complete(candidate):
             return candidate
-        log.warning("%s names %s, which is missing or incomplete; using the newest complete one", pointer, candidate)
+        log.warning("%s names %r, which is missing or incomplete; using the newest complete one", pointer, name[:80])
     found = list_checkpoints(checkpoints_dir)
     return found[-1][1] if found else None
 
 
+def missing_files(directory: str | Path) -> list[str]:
+    """The checkpoint files ``directory`` lacks (all of them when it is not a folder)."""
+    return [name for name in (MODEL_FILE, CONFIG_FILE, STATE_FILE) if not (Path(directory) / name).is_file()]
+
+
 def load_model_weights(model: nn.Module, checkpoint_dir: str | Path) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict: names and shapes must match)."""
+    """Load ``model.safetensors`` into ``model`` (strict: names and shapes must match; safetensors only)."""
     path = Path(checkpoint_dir) / MODEL_FILE
     if not path.is_file():
         raise CheckpointError(checkpoint_dir, f"{MODEL_FILE} is missing")
     try:
         load_model(unwrap_model(model), str(path), strict=True)
-    except (RuntimeError, KeyError) as exc:
+    except (SafetensorError, OSError) as exc:  # truncated, empty or not safetensors at all
+        raise CheckpointError(path, f"cannot read weights: {exc}") from None
+    except (RuntimeError, KeyError, ValueError) as exc:
         raise CheckpointError(path, f"does not match {type(unwrap_model(model)).__name__}: {exc}") from None
 
 
@@ -156,5 +171,81 @@ def load_train_state(checkpoint_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(checkpoint_dir, f"{STATE_FILE} is missing")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which one
+    except Exception as exc:  # a truncated or foreign file, or a pickled class weights_only refuses
         raise CheckpointError(path, f"cannot be loaded ({type(exc).__name__}: {exc})") from None
+
+
+# What a malformed (but weights_only-loadable) state can raise while it is being restored.
+_RESTORE_ERRORS = (KeyError, TypeError, ValueError, RuntimeError, IndexError, AttributeError, OverflowError)
+
+# What the Trainer reads from train_state.pt: key -> accepted types.
+TRAIN_STATE_FIELDS: dict[str, tuple[type, ...]] = {
+    "step": (int,),
+    "epoch": (int,),
+    "epoch_offset": (int,),
+    "batch_size": (int,),
+    "optimizer": (dict,),
+    "scheduler": (dict,),
+    "scaler": (dict,),
+    "ema": (dict, type(None)),
+    "rng": (list, tuple),
+}
+
+
+def load_trainer_state(checkpoint_dir: str | Path) -> dict[str, Any]:
+    """:func:`load_train_state`, checked to hold every key the Trainer resumes from, with its type."""
+    state = load_train_state(checkpoint_dir)
+    path = Path(checkpoint_dir) / STATE_FILE
+    if not isinstance(state, dict):
+        raise CheckpointError(path, f"holds a {type(state).__name__}, not the mapping of a training state")
+    missing = [key for key in TRAIN_STATE_FIELDS if key not in state]
+    if missing:
+        raise CheckpointError(path, f"lacks {', '.join(repr(key) for key in missing)} (not a cxrfm training state)")
+    for key, types in TRAIN_STATE_FIELDS.items():
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise CheckpointError(path, f"'{key}' is a {type(value).__name__}, expected {' or '.join(t.__name__ for t in types)}")
+        if types == (int,) and value < 0:
+            raise CheckpointError(path, f"'{key}' is {value}, expected an integer >= 0")
+    best = state.get("best")
+    if best is not None and not (isinstance(best, dict) and {"step", "metric", "value"} <= set(best)):
+        raise CheckpointError(path, f"'best' must be None or a mapping with step, metric and value, got {best!r}"[:300])
+    return state
+
+
+def restore_state(target: Any, saved: Any, key: str, checkpoint_dir: str | Path) -> None:
+    """``target.load_state_dict(saved)`` with every failure a CheckpointError naming train_state.pt and ``key``."""
+    path = Path(checkpoint_dir) / STATE_FILE
+    current = target.state_dict()
+    if isinstance(current, dict) and isinstance(saved, dict):
+        lacking = sorted(str(name) for name in set(current) - set(saved))
+        if lacking:
+            raise CheckpointError(path, f"'{key}' lacks {', '.join(lacking[:5])}")
+    try:
+        target.load_state_dict(saved)
+    except _RESTORE_ERRORS as exc:
+        raise CheckpointError(path, f"'{key}' does not fit this run ({type(exc).__name__}: {exc})") from None
+    if isinstance(target, torch.optim.Optimizer):
+        _check_optimizer_shapes(target, key, path)
+
+
+@contextlib.contextmanager
+def restoring(key: str, checkpoint_dir: str | Path) -> Iterator[None]:
+    """A context in which a failure to restore ``key`` of train_state.pt is a CheckpointError."""
+    try:
+        yield
+    except _RESTORE_ERRORS as exc:
+        raise CheckpointError(Path(checkpoint_dir) / STATE_FILE, f"'{key}' cannot be restored ({type(exc).__name__}: {exc})") from None
+
+
+def _check_optimizer_shapes(optimizer: torch.optim.Optimizer, key: str, path: Path) -> None:
+    """Per-parameter optimiser tensors (Adam moments) must have their parameter's shape."""
+    for group_index, group in enumerate(optimizer.param_groups):
+        for param_index, parameter in enumerate(group["params"]):
+            for name, value in optimizer.state.get(parameter, {}).items():
+                if isinstance(value, torch.Tensor) and value.ndim and value.shape != parameter.shape:
+                    raise CheckpointError(
+                        path,
+                        f"'{key}' state {name!r} of group {group_index} parameter {param_index} is "
+                        f"{tuple(value.shape)}, the parameter is {tuple(parameter.shape)}",
+                    )

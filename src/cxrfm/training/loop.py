@@ -81,6 +81,16 @@ class _IndexedDataset(Dataset):
         return sample
 
 
+def _logged_step(line: str) -> int | None:
+    """The step of one ``metrics.jsonl`` line; None for a line that is not a whole record (the
+    torn last line of a run killed mid-write is dropped, not fatal to its resume)."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return int(record.get("step", 0)) if isinstance(record, dict) and isinstance(record.get("step", 0), int) else None
+
+
 def _json_line(record: dict) -> str:
     """One JSONL line; NaN/inf (e.g. a ratio over a region no sample has) become null."""
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
@@ -211,7 +221,8 @@ class Trainer:
             return found
         path = Path(resume)
         if not ckpt.is_complete(path):
-            raise ckpt.CheckpointError(path, "is not a complete checkpoint folder")
+            problem = "is a file" if path.is_file() else "lacks " + ", ".join(ckpt.missing_files(path)) if path.exists() else "does not exist"
+            raise ckpt.CheckpointError(path, f"is not a complete checkpoint folder: it {problem}")
         return path
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
@@ -254,7 +265,8 @@ class Trainer:
         """A resumed run rewrites the steps the crashed run logged after its last checkpoint."""
         if not self.metrics_path.is_file():
             return
-        kept = [line for line in self.metrics_path.read_text(encoding="utf-8").splitlines() if line.strip() and json.loads(line).get("step", 0) <= step]
+        text = self.metrics_path.read_text(encoding="utf-8", errors="replace")
+        kept = [line for line in text.splitlines() if _logged_step(line) is not None and _logged_step(line) <= step]
         self.metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
 
     # ------------------------------------------------------------------------------------ data
@@ -557,25 +569,24 @@ class Trainer:
         return path
 
     def _load_train_state(self, checkpoint_dir: Path) -> None:
-        state = ckpt.load_train_state(checkpoint_dir)
+        # Keys and types are checked first; any part that does not fit is a CheckpointError naming it.
+        state = ckpt.load_trainer_state(checkpoint_dir)
         if state["batch_size"] != self.config.batch_size:
             raise ConfigError(
                 "train.batch_size",
                 f"checkpoint {checkpoint_dir} was trained with global batch {state['batch_size']}, not {self.config.batch_size}; "
                 "the data position would not line up",
             )
-        self.step = int(state["step"])
-        self.epoch = int(state["epoch"])
-        self.epoch_offset = int(state["epoch_offset"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.epoch_offset = int(state["step"]), int(state["epoch"]), int(state["epoch_offset"])
+        for key, target in (("optimizer", self.optimizer), ("scheduler", self.scheduler), ("scaler", self.scaler)):
+            ckpt.restore_state(target, state[key], key, checkpoint_dir)
         if self.ema_model is not None and state["ema"] is not None:
-            self.ema_model.load_state_dict(state["ema"])
+            ckpt.restore_state(self.ema_model, state["ema"], "ema", checkpoint_dir)
         self.best = state.get("best")  # checkpoints written before best tracking have none
         rng_states = state["rng"]
         if self.dist.rank < len(rng_states):
-            restore_rng_state(rng_states[self.dist.rank])
+            with ckpt.restoring("rng", checkpoint_dir):
+                restore_rng_state(rng_states[self.dist.rank])
         else:
             log.warning("checkpoint has no RNG state for rank %d (saved with %d ranks)", self.dist.rank, len(rng_states))
         self.last_checkpoint = checkpoint_dir

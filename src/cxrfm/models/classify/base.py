@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cxrfm.errors import CheckpointError, ConfigError
-from cxrfm.models.layers import interpolate_pos_embed
-from cxrfm.models.pretrained import config_from_record, load_weights, read_config_record, read_weights, write_pretrained
-from cxrfm.models.vit import ViTConfig
+from cxrfm.models.pretrained import build_and_load, config_from_record, read_config_record, read_weights, write_pretrained
+from cxrfm.models.vit import ViTConfig, check_number, check_positive_int, resample_pos_embed_state
 
 MODEL_TYPE = "classifier"
 ClassifierKind = Literal["vtb", "linear_probe", "finetune"]
@@ -73,12 +72,19 @@ class ClassifierConfig:
 
     def __post_init__(self) -> None:
         self.label_names = tuple(self.label_names)
+        if not all(isinstance(name, str) and name.strip() for name in self.label_names):
+            raise ValueError(f"label_names must be non-empty strings, got {list(self.label_names)}")
         if not self.label_names:
             raise ValueError("a classifier needs at least one label name")
         if len(set(self.label_names)) != len(self.label_names):
             raise ValueError(f"label names repeat: {self.label_names}")
         if isinstance(self.encoder, dict):
             self.encoder = ViTConfig(**self.encoder)
+        check_positive_int(self, "label_embedding_dim")
+        check_number(self, "head_dropout", low=0.0, high=1.0)
+        check_number(self, "layer_decay")
+        if isinstance(self.frozen_blocks, bool) or not isinstance(self.frozen_blocks, int):
+            raise ValueError(f"frozen_blocks must be an integer, got {self.frozen_blocks!r}")
         if not 0 < self.layer_decay <= 1:
             raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
         if self.feature_batchnorm is None:
@@ -273,8 +279,9 @@ def load_classifier(directory: str | Path, **overrides) -> ClassifierBase:
     then regenerated / resampled as for the ViT).
     """
     record = read_config_record(directory)
-    if record.pop("model_type") != MODEL_TYPE:
-        raise CheckpointError(directory, "not a classifier folder (config.json model_type is not 'classifier')")
+    model_type = record.pop("model_type")
+    if model_type != MODEL_TYPE:
+        raise CheckpointError(directory, f"not a classifier folder (config.json model_type is {model_type!r}, not 'classifier')")
     config = config_from_record(ClassifierConfig, record, directory)
     saved_encoder = config.encoder
     try:
@@ -282,15 +289,14 @@ def load_classifier(directory: str | Path, **overrides) -> ClassifierBase:
     except (TypeError, ValueError) as exc:
         raise CheckpointError(directory, f"bad override: {exc}") from None
     state = read_weights(directory)
-    # The label-embedding placeholder is overwritten by the saved buffer: no text encoder is loaded.
-    placeholder = torch.zeros(config.num_labels, config.label_embedding_dim)
-    model = classifier_class(config.kind).build(config, label_embeddings=placeholder)
-    if "encoder.pos_embed" in state and config.encoder.pos_embed == "learned":
-        state["encoder.pos_embed"] = interpolate_pos_embed(
-            state["encoder.pos_embed"], saved_encoder.grid_size, config.encoder.grid_size, config.encoder.num_prefix_tokens
-        )
-    load_weights(model, state, directory)
-    return model
+    resample_pos_embed_state(state, "encoder.pos_embed", saved_encoder, config.encoder)
+
+    def build() -> ClassifierBase:
+        # The label-embedding placeholder is overwritten by the saved buffer: no text encoder is loaded.
+        placeholder = torch.zeros(config.num_labels, config.label_embedding_dim)
+        return classifier_class(config.kind).build(config, label_embeddings=placeholder)
+
+    return build_and_load(directory, build, state, record)
 
 
 def build_classifier(

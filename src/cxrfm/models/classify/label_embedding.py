@@ -26,11 +26,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrfm.errors import ConfigError
+from cxrfm.errors import CheckpointError, ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TEXT_MODEL = "minilm"
+SAFETENSORS_NAMES = ("model.safetensors", "model.safetensors.index.json")
+PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 def text_model_path(text_model: str) -> Path:
@@ -71,15 +74,46 @@ def _encode_cached(text_model: str, names: tuple[str, ...]) -> torch.Tensor:
     except ImportError:
         raise ConfigError("model.text_model", "transformers is not installed: pip install 'cxrfm[classify]'") from None
     transformers_logging.disable_progress_bar()
-    tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-    encoder = AutoModel.from_pretrained(str(path), local_files_only=True).eval()
-    batch = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
-    with torch.no_grad():
-        states = encoder(**batch).last_hidden_state  # (K, L, E)
+    if not any((path / name).is_file() for name in SAFETENSORS_NAMES):
+        pickles = sorted(name for name in PICKLE_NAMES if (path / name).is_file())
+        found = f" (found {', '.join(pickles)}: pickled weights are never loaded)" if pickles else ""
+        raise CheckpointError(path, f"text encoder weights must be safetensors: no {' or '.join(SAFETENSORS_NAMES)}{found}")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        # transformers would build an empty tokenizer and embed every label name alike.
+        raise CheckpointError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
+    try:
+        # Only safetensors (no pickle), only local files, never the folder's own Python code.
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+        encoder = AutoModel.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False
+        ).eval()
+        batch = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
+        _check_words_are_known(tokenizer, batch["input_ids"], path)
+        with torch.no_grad():
+            states = encoder(**batch).last_hidden_state  # (K, L, E)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError, SafetensorError ...)
+        raise CheckpointError(path, f"cannot load the text encoder: {_one_line(exc)}") from None
     weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (K, L, 1)
     pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     log.info("embedded %d label names with %s (%d-d)", len(names), path.name if text_model != DEFAULT_TEXT_MODEL else "all-MiniLM-L6-v2", pooled.shape[1])
     return F.normalize(pooled, dim=-1).float()
+
+
+def _check_words_are_known(tokenizer, input_ids: torch.Tensor, path: Path) -> None:
+    """A tokenizer that knows none of the label names' words (all ``[UNK]``) would embed them alike."""
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    unk = getattr(tokenizer, "unk_token_id", None)
+    words = [token for token in input_ids.flatten().tolist() if token not in special or token == unk]
+    if unk is not None and words and all(token == unk for token in words):
+        raise CheckpointError(path, "its tokenizer maps every word of the label names to the unknown token (vocabulary missing?)")
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line`` of an exception (transformers' messages run over many lines)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
 
 
 class LabelEmbedder(nn.Module):

@@ -35,15 +35,16 @@ from torch import nn
 from cxrfm.models.report.tokenizer import TOKENIZER_NAME, ReportTokenizer
 from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.pretrained import (
+    CONFIG_NAME,
+    build_and_load,
     config_from_record,
-    load_weights,
     read_config_record,
     read_weights,
     write_pretrained,
 )
 from cxrfm.models.report.decoding import GenerationOutput, SpecialTokens, beam_search, greedy_search
 from cxrfm.models.report.memory import ConditionalLayerNorm, MultiHeadAttention, RelationalMemory
-from cxrfm.models.vit import ViTConfig, VisionTransformer
+from cxrfm.models.vit import ViTConfig, VisionTransformer, check_number, check_positive_int
 
 MODEL_TYPE = "report-r2gen"
 
@@ -77,6 +78,17 @@ class ReportGeneratorConfig:
     eos_id: int = 2
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "d_model", "num_heads", "d_ff", "num_encoder_layers", "num_decoder_layers",
+                     "memory_slots", "memory_heads", "max_length"):
+            check_positive_int(self, name)
+        if self.feature_dim is not None:
+            check_positive_int(self, "feature_dim")
+        for name in ("dropout", "visual_dropout"):
+            check_number(self, name, low=0.0, high=1.0)
+        for name in ("pad_id", "bos_id", "eos_id"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a token id (an integer >= 0), got {value!r}")
         if self.encoder is None and self.feature_dim is None:
             raise ValueError("set feature_dim (precomputed features) or encoder (a ViT config)")
         if self.encoder is not None:
@@ -463,16 +475,22 @@ class ReportGenerator(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ReportGenerator":
+        """Load a ``save_pretrained`` folder (with its ``tokenizer.json`` when it has one).
+
+        Raises:
+            CheckpointError: naming the file (and field) of a missing, malformed or mismatched folder.
+        """
         record = read_config_record(directory)
         model_type = record.pop("model_type")
         if model_type != MODEL_TYPE:
             raise CheckpointError(directory, f"model_type {model_type!r} is not a {MODEL_TYPE} checkpoint")
         config = config_from_record(ReportGeneratorConfig, record, directory)
         tokenizer_path = Path(directory) / TOKENIZER_NAME
-        tokenizer = ReportTokenizer.from_pretrained(tokenizer_path) if tokenizer_path.is_file() else None
-        model = cls(config, tokenizer)
-        load_weights(model, read_weights(directory), directory)
-        return model
+        tokenizer = ReportTokenizer.from_pretrained(tokenizer_path) if tokenizer_path.exists() else None
+        if tokenizer is not None:
+            _check_tokenizer_fits(config, tokenizer, Path(directory))
+        state = read_weights(directory)
+        return build_and_load(directory, lambda: cls(config, tokenizer), state, record)
 
     @classmethod
     def from_encoder(
@@ -495,6 +513,21 @@ class ReportGenerator(nn.Module):
         model = cls(config, tokenizer)
         model.encoder.load_state_dict(encoder.state_dict())
         return model
+
+
+def _check_tokenizer_fits(config: ReportGeneratorConfig, tokenizer: ReportTokenizer, directory: Path) -> None:
+    """The saved tokenizer must be the one the model was trained with: same size, same special ids."""
+    if len(tokenizer) != config.vocab_size:
+        raise CheckpointError(
+            directory,
+            f"{TOKENIZER_NAME} has {len(tokenizer)} tokens but {CONFIG_NAME} field 'vocab_size' is {config.vocab_size}",
+        )
+    for name in ("pad_id", "bos_id", "eos_id"):
+        if getattr(tokenizer, name) != getattr(config, name):
+            raise CheckpointError(
+                directory,
+                f"{CONFIG_NAME} field '{name}' is {getattr(config, name)}, but {TOKENIZER_NAME} puts it at {getattr(tokenizer, name)}",
+            )
 
 
 def report_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:

@@ -23,11 +23,13 @@ import torch
 
 from cxrfm.config import from_dict, to_dict
 from cxrfm.errors import CheckpointError, ConfigError
+from cxrfm.models.pretrained import read_json_object
 from cxrfm.text import clean_report_chinese, clean_report_english
 
 logger = logging.getLogger(__name__)
 
 TOKENIZER_NAME = "tokenizer.json"
+TOKENIZER_TYPE = "report-word"
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS: tuple[str, ...] = (PAD, BOS, EOS, UNK)
 
@@ -139,24 +141,52 @@ class ReportTokenizer:
         """Write ``tokenizer.json`` (config + vocabulary, ids = list positions)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        record = {"tokenizer_type": "report-word", "config": to_dict(self.config), "vocabulary": list(self.vocabulary)}
+        record = {"tokenizer_type": TOKENIZER_TYPE, "config": to_dict(self.config), "vocabulary": list(self.vocabulary)}
         path = directory / TOKENIZER_NAME
         path.write_text(json.dumps(record, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         return path
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ReportTokenizer":
-        """Load ``tokenizer.json`` from a folder (or the file itself)."""
+        """Load ``tokenizer.json`` from a folder (or the file itself).
+
+        Raises:
+            CheckpointError: naming the file (and field) when it is missing, not JSON, or malformed.
+        """
         path = Path(directory)
         path = path / TOKENIZER_NAME if path.is_dir() else path
         if not path.is_file():
             raise CheckpointError(path, f"no {TOKENIZER_NAME}")
+
+        def malformed(reason: str) -> CheckpointError:
+            return CheckpointError(path, f"malformed tokenizer file: {reason}")
+
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            config = from_dict(TokenizerConfig, record["config"], source=path)
-            return cls(record["vocabulary"], config)
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError, ConfigError) as exc:
-            raise CheckpointError(path, f"malformed tokenizer file: {exc}") from None
+            record = read_json_object(path, "a JSON object with 'config' and 'vocabulary'")
+        except CheckpointError as exc:
+            raise malformed(exc.reason) from None
+
+        kind = record.get("tokenizer_type", TOKENIZER_TYPE)
+        if kind != TOKENIZER_TYPE:
+            raise malformed(f"field 'tokenizer_type' is {kind!r}, not {TOKENIZER_TYPE!r}")
+        for key in ("config", "vocabulary"):
+            if key not in record:
+                raise malformed(f"no '{key}' field")
+        vocabulary = record["vocabulary"]
+        if not isinstance(vocabulary, list) or not all(isinstance(token, str) and token for token in vocabulary):
+            raise malformed("field 'vocabulary' must be a list of non-empty strings")
+        if tuple(vocabulary[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise malformed(f"field 'vocabulary' must start with {list(SPECIAL_TOKENS)}, got {vocabulary[: len(SPECIAL_TOKENS)]}")
+        repeated = sorted(token for token, count in Counter(vocabulary).items() if count > 1)
+        if repeated:
+            raise malformed(f"field 'vocabulary' repeats tokens {repeated[:5]}")
+        try:
+            config = from_dict(TokenizerConfig, record["config"], source=path, prefix="config")
+        except ConfigError as exc:
+            raise malformed(f"field '{exc.field}': {exc.reason}") from None
+        except (TypeError, ValueError) as exc:
+            raise malformed(f"field 'config': {exc}") from None
+        return cls(vocabulary, config)
 
 
 def clean_report(report: str, config: TokenizerConfig) -> str:
