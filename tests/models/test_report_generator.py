@@ -202,3 +202,23 @@ def test_training_step_reduces_loss_on_one_batch():
     # After overfitting, greedy decoding reproduces the training reports.
     texts = [tokenizer.decode(row) for row in model.generate(features=features, beam_size=1).sequences]
     assert texts == [tokenizer.reference_text(r) for r in TRAIN[:2]]
+
+
+def test_visual_norm_standardises_each_token_position_over_the_batch():
+    # ViT tokens share a large per-position component across images; the batch norm removes it,
+    # so what reaches the decoder is what differs between images.
+    from cxrfm.models.report import ReportGenerator, report_generator_config
+
+    config = report_generator_config("r2gen-tiny-cpu", 12, feature_dim=8, visual_norm="batch", num_visual_tokens=5)
+    model = ReportGenerator(config).train()
+    shared = torch.randn(1, 5, 8) * 10  # the same for every image
+    features = shared + 0.1 * torch.randn(16, 5, 8)
+    normed = model.visual_norm(features.flatten(1)).view_as(features)
+    assert normed.mean(0).abs().max() < 1e-4 and (normed.std(0, unbiased=False) - 1).abs().max() < 1e-2  # eps 1e-5
+    model.eval()
+    tokens = torch.ones(2, 3, dtype=torch.long)
+    assert model(tokens, features=features[:2]).shape == (2, 3, 12)
+    with pytest.raises(ValueError, match="visual_norm expects 5 tokens"):
+        model(tokens, features=features[:2, :4])
+    with pytest.raises(ValueError, match="num_visual_tokens"):
+        report_generator_config("r2gen-tiny-cpu", 12, feature_dim=8, visual_norm="batch")

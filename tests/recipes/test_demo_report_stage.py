@@ -22,7 +22,8 @@ def test_report_demo_writes_figure_and_summary(tmp_path):
     assert summary["figure"] == "figures/report_examples.png" and summary["encoder"] == str(encoder_dir)
     assert summary["studies"] == {"train": 16, "val": 4, "test": 5}
     assert set(summary["test_nlg"]) >= {"BLEU-4", "CIDEr"} and "f1_micro" in summary["test_clinical"]
-    assert {"loss", "loss_swapped_images"} <= set(summary["teacher_forced"])
+    assert {"loss", "loss_swapped_images", "swapped_gap"} <= set(summary["teacher_forced"])
+    assert set(summary["finding_f1"]) <= {"Cardiomegaly", "Pleural Effusion", "Lung Opacity", "Pneumothorax", "Nodule"}
     assert 1 <= summary["distinct_predictions"] <= 5
     json.dumps(summary)  # JSON-ready for the demo's summary.json
     config = (tmp_path / "report" / "config.yaml").read_text()

@@ -54,6 +54,14 @@ def test_test_split_is_scored_after_training(trained_report_run):
     assert 0.0 < scores["nlg"]["BLEU-1"] <= 1.0
     assert "rule labeler" in scores["clinical_convention"] and 0.0 <= scores["clinical"]["f1_micro"] <= 1.0
     assert scores["teacher_forced"]["perplexity"] == pytest.approx(torch.tensor(scores["teacher_forced"]["loss"]).exp().item())
+    forced = scores["teacher_forced"]
+    assert forced["swapped_gap"] == pytest.approx(forced["loss_swapped_images"] / forced["loss"] - 1)
+    assert scores["distinct_reports"] == len({row["prediction"] for row in rows})
+    # Phantom studies carry their true findings: the generated reports are scored against them.
+    findings = scores["findings"]
+    assert set(findings["per_finding"]) == {"Cardiomegaly", "Pleural Effusion", "Lung Opacity", "Pneumothorax", "Nodule"}
+    assert all(0.0 <= entry["f1"] <= 1.0 for entry in findings["per_finding"].values())
+    assert "labeler" in findings["convention"]
 
 
 class _Untouchable(Dataset):

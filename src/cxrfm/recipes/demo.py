@@ -186,6 +186,15 @@ def _report_markdown(report: dict) -> list[str]:
     if clinical:
         lines += [f"Clinical efficacy ({report.get('clinical_convention')}): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in clinical.items()), ""]
+    if report.get("finding_f1"):
+        lines += ["Findings of the generated reports against each phantom's true findings (F1): "
+                  + ", ".join(f"{name} {value:.2f}" for name, value in report["finding_f1"].items())
+                  + f"; macro F1 {report['finding_macro_f1']:.3f}.", ""]
+    forced = report.get("teacher_forced", {})
+    if "swapped_gap" in forced:
+        lines += [f"Does it read the image? Test loss with each study's own image {forced['loss']:.4f}, with another "
+                  f"study's image {forced['loss_swapped_images']:.4f} ({forced['swapped_gap']:+.1%}); "
+                  f"{report['distinct_predictions']} distinct reports for {report['studies'].get('test', '?')} studies.", ""]
     lines += [f"![reports]({report['figure']})"]
     return lines
 
@@ -299,6 +308,8 @@ def run_report_demo(run_dir: Path, encoder_dir: Path | None, seed: int = 0, lang
         "clinical_convention": scores.get("clinical_convention"),
         "teacher_forced": scores.get("teacher_forced", {}),
         "distinct_predictions": len({row["prediction"] for row in rows}),
+        "finding_macro_f1": scores.get("findings", {}).get("macro_f1"),
+        "finding_f1": {name: entry["f1"] for name, entry in scores.get("findings", {}).get("per_finding", {}).items()},
         "figure": str(figure.relative_to(run_dir)),
         "metrics": str(result.output_dir / "metrics_test.json"),
         "seconds": {name: round(value, 1) for name, value in result.seconds.items()},

@@ -41,10 +41,10 @@ from typing import Any, Literal
 
 from torch.utils.data import DataLoader, Dataset
 
-from cxrfm.data.registry import DatasetSpec, build_dataset
+from cxrfm.data.registry import DatasetSpec, build_dataset, unwrap_dataset
 from cxrfm.data.sample import CXRSample
 from cxrfm.errors import ConfigError, DatasetError
-from cxrfm.evaluation.report import metrics_table, score_reports
+from cxrfm.evaluation.report import PHANTOM_FINDINGS, finding_scores, metrics_table, score_reports
 from cxrfm.models.report import ReportGenerator, report_generator_config
 from cxrfm.models.report.tokenizer import ReportTokenizer, TokenizerConfig
 from cxrfm.models.vit import build_encoder
@@ -78,7 +78,10 @@ class ReportModelSection:
     (``cxrfm.models.VIT_PRESETS``) + ``encoder_overrides`` at random. ``image_size``: the input size
     (None: the encoder's own; otherwise position embeddings are resampled). ``views_per_study``:
     views per study, each through the ViT, tokens concatenated (R2Gen: 2 for IU-Xray).
-    ``freeze_encoder``: keep the ViT fixed.
+    ``freeze_encoder``: keep the ViT fixed. ``visual_norm``: ``batch`` standardises each visual
+    token position and channel over the training images before the decoder sees them (see
+    :class:`~cxrfm.models.report.ReportGeneratorConfig`; without it the decoder ignores the image);
+    ``none`` is R2Gen as published.
     """
 
     preset: str = "r2gen-tiny-cpu"
@@ -90,6 +93,7 @@ class ReportModelSection:
     image_size: tuple[int, int] | None = None
     views_per_study: int = 1
     freeze_encoder: bool = False
+    visual_norm: Literal["none", "batch"] = "batch"
 
     def __post_init__(self) -> None:
         if self.views_per_study < 1:
@@ -175,6 +179,20 @@ class ReportSplit(Dataset):
         return sample
 
 
+def true_findings(split: ReportSplit) -> dict[str, list[float]] | None:
+    """``{finding: labels}`` of the studies of ``split`` for the findings of
+    :data:`~cxrfm.evaluation.report.PHANTOM_FINDINGS` its dataset labels (None without labels)."""
+    names = tuple(getattr(unwrap_dataset(split.dataset), "label_names", None) or ())
+    wanted = [name for name in PHANTOM_FINDINGS if name in names]
+    if not wanted:
+        return None
+    labels = [split[index].labels for index in range(len(split))]
+    if any(row is None for row in labels):
+        return None
+    position = {name: i for i, name in enumerate(names)}
+    return {name: [float(row[position[name]]) for row in labels] for name in wanted}
+
+
 def build_report_split(spec: DatasetSpec, split: str, image_size: tuple[int, int], views: int, text: str, language: str) -> ReportSplit:
     """One split of the configured data at ``image_size`` with ``views`` views per study."""
     if spec.kind == "iu-xray":
@@ -196,6 +214,9 @@ def build_report_model(section: ReportModelSection, tokenizer: ReportTokenizer, 
         overrides["max_length"] = max_length
     if encoder is not None:
         overrides.update(feature_dim=None, encoder=encoder.config)
+        if section.visual_norm == "batch":
+            tokens_per_view = encoder.config.num_prefix_tokens + encoder.config.num_patches
+            overrides.update(visual_norm="batch", num_visual_tokens=section.views_per_study * tokens_per_view)
     try:
         config = report_generator_config(section.preset, len(tokenizer), **overrides)
     except (TypeError, ValueError) as exc:
@@ -320,9 +341,16 @@ def _evaluate_test(config: ReportTrainConfig, run: ReportRunResult, test_split: 
         language=config.tokenizer.language, meteor=config.evaluation.meteor, clinical=config.evaluation.clinical,
     )
     scores["teacher_forced"] = teacher_forced_loss(model, loader, model.tokenizer.pad_id, blank=config.model.visual == "blank")
+    scores["distinct_reports"] = len({row["prediction"] for row in rows})
     if config.model.visual == "vit":
         swapped = teacher_forced_loss(model, loader, model.tokenizer.pad_id, blank=False, swap_images=True)
+        own = scores["teacher_forced"]["loss"]
         scores["teacher_forced"]["loss_swapped_images"] = swapped["loss"]
+        # > 0: another study's image makes this study's report less likely, i.e. the image is read.
+        scores["teacher_forced"]["swapped_gap"] = swapped["loss"] / own - 1 if own > 0 else float("nan")
+    truth = true_findings(test_split)
+    if truth is not None and config.tokenizer.language == "en":
+        scores["findings"] = finding_scores([r["prediction"] for r in rows], truth)
     scores["selected"] = run.train.best
     run.test_scores = scores
     (run.output_dir / "metrics_test.json").write_text(json.dumps(scores, indent=2, default=str) + "\n", encoding="utf-8")

@@ -26,6 +26,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -58,6 +59,14 @@ class ReportGeneratorConfig:
     features. The relational memory's width is ``d_model`` (R2Gen needs them equal: the memory reads
     token embeddings and MCLN maps memory to ``d_model``). ``max_length`` is the default number of
     tokens generated after ``<bos>`` (``<eos>`` included).
+
+    ``visual_norm: batch`` standardises every visual token position and channel over the training
+    images (a BatchNorm over the flattened ``(T * D)`` features of ``num_visual_tokens`` tokens per
+    study) before the projection. A deviation from R2Gen, whose ResNet features need none: ViT
+    tokens carry a per-position component (the position embedding and what the blocks make of it)
+    that is the same for every image. On the main job's phantom-pretrained encoder it is 97.7 % of
+    the tokens' energy (the image changes 2.3 %); without the standardisation the decoder learns
+    the reports' language and writes one report for every image.
     """
 
     vocab_size: int
@@ -73,6 +82,8 @@ class ReportGeneratorConfig:
     memory_slots: int = 3
     memory_heads: int = 8
     max_length: int = 60
+    visual_norm: Literal["none", "batch"] = "none"
+    num_visual_tokens: int | None = None
     pad_id: int = 0
     bos_id: int = 1
     eos_id: int = 2
@@ -97,6 +108,10 @@ class ReportGeneratorConfig:
             self.feature_dim = self.encoder.embed_dim
         if self.d_model % self.num_heads or self.d_model % self.memory_heads:
             raise ValueError(f"d_model {self.d_model} must be divisible by num_heads and memory_heads")
+        if self.visual_norm not in ("none", "batch"):
+            raise ValueError(f"visual_norm must be 'none' or 'batch', got {self.visual_norm!r}")
+        if self.visual_norm == "batch":
+            check_positive_int(self, "num_visual_tokens")
         if self.vocab_size <= max(self.pad_id, self.bos_id, self.eos_id):
             raise ValueError(f"vocab_size {self.vocab_size} does not cover the special token ids")
 
@@ -249,6 +264,8 @@ class ReportGenerator(nn.Module):
         self.tokenizer = tokenizer
         d = config.d_model
         self.encoder = VisionTransformer(config.encoder) if config.encoder is not None else None
+        # (T * D) per-position statistics: the image-independent part of each token goes.
+        self.visual_norm = nn.BatchNorm1d(config.num_visual_tokens * config.feature_dim) if config.visual_norm == "batch" else None
         self.visual_projection = nn.Sequential(
             nn.Linear(config.feature_dim, d), nn.ReLU(), nn.Dropout(config.visual_dropout)
         )
@@ -307,6 +324,10 @@ class ReportGenerator(nn.Module):
             if feature_mask.shape != features.shape[:2] or not bool(feature_mask.any(dim=1).all()):
                 raise ValueError("feature_mask must be (B, T) bool with at least one True per row")
             mask = feature_mask.bool()[:, None, None, :]
+        if self.visual_norm is not None:
+            if features.shape[1] != self.config.num_visual_tokens:
+                raise ValueError(f"visual_norm expects {self.config.num_visual_tokens} tokens per study, got {features.shape[1]}")
+            features = self.visual_norm(features.flatten(1)).view_as(features)
         x = self.visual_projection(features)
         for layer in self.encoder_layers:
             x = layer(x, mask)
