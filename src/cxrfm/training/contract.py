@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from cxrfm.data.sample import CXRBatch
-from cxrfm.errors import ConfigError, DatasetError
+from cxrfm.errors import DatasetError
 from cxrfm.training.optim import default_param_groups, scaled_learning_rate
-from cxrfm.utils.runtime import resolve_device
+from cxrfm.utils.runtime import refuse_file_in_path, resolve_device
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # availability is checked when the run starts
 
@@ -144,9 +144,7 @@ def check_run_settings(config: TrainConfig, field: str = "train") -> torch.devic
     device exists (``cuda`` without a GPU is an error) and ``output_dir`` is not a file.
     Returns the resolved device."""
     device = resolve_device(config.device, field=f"{field}.device")
-    for candidate in (Path(config.output_dir), *Path(config.output_dir).parents):
-        if candidate.exists() and not candidate.is_dir():
-            raise ConfigError(f"{field}.output_dir", f"{candidate} is a file, not a folder")
+    refuse_file_in_path(config.output_dir, f"{field}.output_dir")
     return device
 
 

@@ -43,13 +43,19 @@ def configure_logging(level: int | str = logging.INFO, log_file: str | Path | No
     )
 
 
-def output_folder(path: str | Path, field: str = "--out") -> Path:
-    """Create folder ``path`` (and its parents) for a run's outputs, or fail naming ``field``
-    before any work starts: an existing file there, or a folder that cannot be created."""
+def refuse_file_in_path(path: str | Path, field: str) -> Path:
+    """``path`` unless it, or a folder above it, exists as a file (a ConfigError naming ``field``)."""
     path = Path(path)
     for candidate in (path, *path.parents):
         if candidate.exists() and not candidate.is_dir():
             raise ConfigError(field, f"{candidate} is a file, not a folder")
+    return path
+
+
+def output_folder(path: str | Path, field: str = "--out") -> Path:
+    """Create folder ``path`` (and its parents) for a run's outputs, or fail naming ``field``
+    before any work starts: an existing file there, or a folder that cannot be created."""
+    path = refuse_file_in_path(path, field)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
