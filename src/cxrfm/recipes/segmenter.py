@@ -20,7 +20,6 @@ objective and its augmentation are :mod:`cxrfm.training.tasks.segmentation`.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -31,7 +30,7 @@ from cxrfm.anatomy.segmenter import PRESETS, LungSegmenter, LungSegmenterConfig
 from cxrfm.data.registry import DatasetSpec, build_dataset
 from cxrfm.errors import ConfigError
 from cxrfm.training.augment import AffineAugmentSection
-from cxrfm.training.contract import DEVICE_PATTERN, TrainConfig
+from cxrfm.training.contract import TrainConfig, check_device_name, check_rate
 from cxrfm.training.loop import Trainer
 from cxrfm.training.tasks.segmentation import LetterboxedPairs, SegmentationTask
 from cxrfm.utils.runtime import make_run_dir, resolve_device, seed_everything
@@ -76,15 +75,12 @@ class SegmenterOptimConfig:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if not 0.0 <= self.warmup_fraction <= 1.0:
             raise ValueError(f"warmup_fraction must be in [0, 1], got {self.warmup_fraction}")
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        check_rate("lr", self.lr, positive=True)
+        check_rate("weight_decay", self.weight_decay, positive=False)
         for name in ("batch_size", "num_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not DEVICE_PATTERN.fullmatch(str(self.device).strip().lower()):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        check_device_name(self.device)
 
 
 @dataclass

@@ -26,6 +26,20 @@ from cxrfm.utils.runtime import refuse_file_in_path, resolve_device
 
 DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")  # availability is checked when the run starts
 
+def check_rate(name: str, value: float, *, positive: bool) -> None:
+    """A learning rate (``positive``: finite and > 0) or a decay / floor (finite and >= 0)."""
+    if positive and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite number > 0, got {value}")
+    if not positive and not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def check_device_name(device: str) -> None:
+    """A device string torch would take (whether it exists here is :func:`check_run_settings`'s job)."""
+    if not DEVICE_PATTERN.fullmatch(str(device).strip().lower()):
+        raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {device!r}")
+
+
 BEST_DIR = "best"  # <output_dir>/best: weights of the best validation so far (TrainConfig.select_metric)
 BEST_FILE = "best.json"
 
@@ -118,21 +132,17 @@ class TrainConfig:
         if self.clip_grad is not None and not self.clip_grad > 0:  # also refuses NaN
             raise ValueError(f"clip_grad must be > 0 or null, got {self.clip_grad}")
         for name in ("lr", "base_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value}")
+            if getattr(self, name) is not None:
+                check_rate(name, getattr(self, name), positive=True)
         for name in ("weight_decay", "min_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+            check_rate(name, getattr(self, name), positive=False)
         if self.weight_decay_end is not None and not (math.isfinite(self.weight_decay_end) and self.weight_decay_end >= 0):
             raise ValueError(f"weight_decay_end must be a finite number >= 0 or null, got {self.weight_decay_end}")
         if len(self.betas) != 2 or not all(0.0 <= beta < 1.0 for beta in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {list(self.betas)}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
-        if not DEVICE_PATTERN.fullmatch(str(self.device).strip().lower()):
-            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        check_device_name(self.device)
 
     def peak_lr(self) -> float:
         """The learning rate at the end of warm-up."""
