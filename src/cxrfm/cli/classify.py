@@ -111,10 +111,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from cxrfm.config import parse_override
-    from cxrfm.data.registry import DatasetSpec, build_dataset
+    from cxrfm.data.registry import DatasetSpec, build_dataset, dataset_label_names
     from cxrfm.evaluation.classification import classification_metrics, format_metric_table
     from cxrfm.pipelines.classification import ClassificationPipeline, saved_dataset
-    from cxrfm.recipes.classify import LabelSelectedDataset, dataset_label_names
+    from cxrfm.recipes.classify import LabelSelectedDataset
 
     pipeline = ClassificationPipeline.from_pretrained(args.model, device="cpu")
     trained_on = saved_dataset(args.model)

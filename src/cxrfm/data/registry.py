@@ -19,11 +19,13 @@ its own. Adapters (one per public layout) are looked up by name in :data:`ADAPTE
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from torch.utils.data import Dataset, IterableDataset, Subset
 
 from cxrfm.data.chexpert import CheXpertDataset
@@ -36,7 +38,7 @@ from cxrfm.data.mimic import MIMICCXRDataset
 from cxrfm.data.nih import NIHChestXray14Dataset
 from cxrfm.data.openist import OpenISTLungDataset
 from cxrfm.data.rsna import RSNAPneumoniaDataset
-from cxrfm.errors import ConfigError
+from cxrfm.errors import ConfigError, DatasetError
 
 ADAPTERS: dict[str, Callable[..., CXRDataset]] = {
     "folder": ImageFolderDataset,
@@ -213,3 +215,27 @@ def unwrap_dataset(dataset: Dataset) -> Dataset:
     while hasattr(dataset, "dataset") and isinstance(getattr(dataset, "dataset"), Dataset):
         dataset = dataset.dataset
     return dataset
+
+
+def dataset_label_names(dataset: Dataset) -> tuple[str, ...]:
+    """The label space of the adapter inside ``dataset`` (a DatasetError when it has none)."""
+    names = getattr(unwrap_dataset(dataset), "label_names", None)
+    if not names:
+        raise DatasetError(type(unwrap_dataset(dataset)).__name__, "has no label_names: it cannot train a classifier")
+    return tuple(names)
+
+
+def label_matrix(dataset: Dataset, label_names: tuple[str, ...]) -> np.ndarray:
+    """``(N, K)`` labels over ``label_names`` without reading pixels where the dataset allows it."""
+    inner = unwrap_dataset(dataset)
+    records = getattr(inner, "records", None)
+    if records is not None and not getattr(inner, "_align", False):
+        rows = [[float((r.labels or {}).get(name, math.nan)) for name in label_names] for r in records]
+        return np.array(rows, dtype=np.float64).reshape(len(records), len(label_names))
+    source = dataset_label_names(dataset)
+    position = {name: i for i, name in enumerate(source)}
+    rows = []
+    for index in range(len(dataset)):
+        labels = dataset[index].labels
+        rows.append([float(labels[position[n]]) if labels is not None and n in position else math.nan for n in label_names])
+    return np.array(rows, dtype=np.float64).reshape(len(dataset), len(label_names))

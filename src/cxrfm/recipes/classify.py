@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset, Subset
 
-from cxrfm.data.registry import DatasetSpec, build_dataset, unwrap_dataset
+from cxrfm.data.registry import DatasetSpec, build_dataset, dataset_label_names, label_matrix, unwrap_dataset
 from cxrfm.data.sample import CXRSample
 from cxrfm.errors import ConfigError, DatasetError
 from cxrfm.evaluation.classification import best_f1_thresholds, classification_metrics, format_metric_table, label_efficiency_subsets
@@ -167,38 +166,11 @@ class LabelSelectedDataset(Dataset):
         return dataclasses.replace(sample, labels=labels)
 
 
-def _inner(dataset: Dataset) -> Dataset:
-    return unwrap_dataset(dataset)
-
-
-def dataset_label_names(dataset: Dataset) -> tuple[str, ...]:
-    names = getattr(_inner(dataset), "label_names", None)
-    if not names:
-        raise DatasetError(type(_inner(dataset)).__name__, "has no label_names: it cannot train a classifier")
-    return tuple(names)
-
-
-def label_matrix(dataset: Dataset, label_names: tuple[str, ...]) -> np.ndarray:
-    """``(N, K)`` labels over ``label_names`` without reading pixels where the dataset allows it."""
-    inner = _inner(dataset)
-    records = getattr(inner, "records", None)
-    if records is not None and not getattr(inner, "_align", False):
-        rows = [[float((r.labels or {}).get(name, math.nan)) for name in label_names] for r in records]
-        return np.array(rows, dtype=np.float64).reshape(len(records), len(label_names))
-    source = dataset_label_names(dataset)
-    position = {name: i for i, name in enumerate(source)}
-    rows = []
-    for index in range(len(dataset)):
-        labels = dataset[index].labels
-        rows.append([float(labels[position[n]]) if labels is not None and n in position else math.nan for n in label_names])
-    return np.array(rows, dtype=np.float64).reshape(len(dataset), len(label_names))
-
-
 def strata_keys(dataset: Dataset, key: str | None, labels: np.ndarray) -> list:
     """A stratum per training image: ``meta[key]`` (from records) or the label combination."""
     if key is None:
         return [tuple(np.flatnonzero(row == 1)) for row in labels]
-    records = getattr(_inner(dataset), "records", None)
+    records = getattr(unwrap_dataset(dataset), "records", None)
     if records is None:
         return [dataset[i].meta.get(key) for i in range(len(dataset))]
     return [record.meta.get(key) for record in records]

@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
-from cxrfm.data.registry import DatasetSpec, build_dataset, unwrap_dataset
+from cxrfm.data.registry import DatasetSpec, build_dataset, label_matrix, unwrap_dataset
 from cxrfm.data.sample import CXRSample
 from cxrfm.errors import ConfigError, DatasetError
 from cxrfm.evaluation.report import PHANTOM_FINDINGS, finding_scores, metrics_table, score_reports
@@ -183,14 +184,14 @@ def true_findings(split: ReportSplit) -> dict[str, list[float]] | None:
     """``{finding: labels}`` of the studies of ``split`` for the findings of
     :data:`~cxrfm.evaluation.report.PHANTOM_FINDINGS` its dataset labels (None without labels)."""
     names = tuple(getattr(unwrap_dataset(split.dataset), "label_names", None) or ())
-    wanted = [name for name in PHANTOM_FINDINGS if name in names]
+    wanted = tuple(name for name in PHANTOM_FINDINGS if name in names)
     if not wanted:
         return None
-    labels = [split[index].labels for index in range(len(split))]
-    if any(row is None for row in labels):
+    # From the adapter's records where it has them: the test images were read once already.
+    labels = label_matrix(split.dataset, wanted)[split.indices]  # (studies, findings)
+    if np.isnan(labels).all(axis=1).any():  # a study without labels: nothing to score against
         return None
-    position = {name: i for i, name in enumerate(names)}
-    return {name: [float(row[position[name]]) for row in labels] for name in wanted}
+    return {name: labels[:, column].tolist() for column, name in enumerate(wanted)}
 
 
 def build_report_split(spec: DatasetSpec, split: str, image_size: tuple[int, int], views: int, text: str, language: str) -> ReportSplit:
