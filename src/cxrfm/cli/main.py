@@ -22,6 +22,7 @@ VERB_MODULES = (
     "cxrfm.cli.segment",
     "cxrfm.cli.pretrain",
     "cxrfm.cli.report",
+    "cxrfm.cli.dvae",
     "cxrfm.cli.classify",
     "cxrfm.cli.shards",
 )

@@ -57,6 +57,8 @@ def metrics_table(scores: Mapping[str, Any]) -> str:
     lines.append(f"reports: {scores['num_reports']}" + (f" ({scores['distinct_reports']} distinct)" if "distinct_reports" in scores else ""))
     for name, value in scores.get("teacher_forced", {}).items():
         lines.append(f"{'TF ' + name:<20} {value:.4f}")
+    if "alignment_score" in scores:
+        lines.append(f"{'alignment score':<20} {scores['alignment_score']:.4f}")
     if "clinical_convention" in scores:
         lines.append(f"CE: {scores['clinical_convention']}")
     return "\n".join(lines)

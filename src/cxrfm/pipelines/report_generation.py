@@ -25,7 +25,7 @@ from cxrfm.data.manifest import ManifestDataset, resolve_manifest
 from cxrfm.data.sample import CXRSample
 from cxrfm.config import from_dict
 from cxrfm.errors import CheckpointError, ConfigError
-from cxrfm.models.report import ReportGenerator
+from cxrfm.models.report import load_report_generator
 from cxrfm.models.pretrained import read_json_object
 from cxrfm.models.report.tokenizer import TOKENIZER_NAME, ReportTokenizer
 from cxrfm.utils.runtime import resolve_device, unwrap_model
@@ -134,8 +134,7 @@ class ReportGenerationPipeline:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        encoder = getattr(self.model, "encoder", None)
-        return tuple(encoder.config.image_size) if encoder is not None else (32, 32)
+        return model_image_size(self.model)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, *, beam_size: int | None = None, max_length: int | None = None) -> list[str]:
@@ -155,9 +154,15 @@ class ReportGenerationPipeline:
         return [self.tokenizer.decode(row) for row in output.sequences]
 
 
+def model_image_size(model: nn.Module) -> tuple[int, int]:
+    """The input size of a generator's visual side ((32, 32) for a blank visual, which reads none)."""
+    size = getattr(model, "image_size", None)
+    return tuple(size) if size is not None else (32, 32)
+
+
 def load_report_model(model_dir: str | Path, device: str = "auto"):
-    """``(ReportGenerator in eval mode on device, generation settings)`` from a trained model folder."""
-    model = ReportGenerator.from_pretrained(model_dir).eval()
+    """``(generator (R2Gen or UAR) in eval mode on device, generation settings)`` from a trained model folder."""
+    model = load_report_generator(model_dir).eval()
     if model.tokenizer is None:
         raise CheckpointError(model_dir, f"no {TOKENIZER_NAME}: not a trained report model folder")
     settings = read_generation_settings(Path(model_dir))
@@ -283,7 +288,7 @@ def generate_for_input(
     """
     model, settings = load_report_model(model_dir, device)
     blank = settings.get("visual") == "blank"
-    size = tuple(model.encoder.config.image_size) if model.encoder is not None else (32, 32)
+    size = model_image_size(model)
     options = dict(image_size=size, resize_mode=settings.get("resize_mode", "pad"), split=split)
     path = Path(input_path)
     is_manifest = path.is_file() or any((path / name).is_file() for name in ("manifest.csv", "manifest.jsonl"))

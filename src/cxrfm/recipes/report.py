@@ -1,4 +1,4 @@
-"""Report generation on the toolkit's one training loop: R2Gen on cxrfm ViT features.
+"""Report generation on the toolkit's one training loop: R2Gen on cxrfm ViT features, or UAR.
 
 One run (``cxrfm report train --config report-iu-xray``):
 
@@ -23,6 +23,12 @@ Clinical efficacy labels both sides with the offline CheXpert-style rule labeler
 (:mod:`cxrfm.evaluation.chexpert_labeler`, not CheXbert) and reports R2Gen's micro/macro and
 PromptMRG's example-based conventions (:data:`CE_CONVENTION`).
 
+``model.architecture: uar`` builds :class:`~cxrfm.models.report.uar.UARGenerator` instead
+(``model.uar`` switches LSU / CRA / TIR; ``stages`` are successive ``Trainer.fit`` calls on the same
+model, each with its loss weights {λ_CE, λ_Global, λ_Mask} and TIR mask on or off -- the paper's two
+stages are {1, 1, 0} without the mask, then {1, 1, 1} with it). Each stage but the last trains in
+``<output_dir>/stage<k>`` and hands its selected weights to the next.
+
 Differences from R2Gen, on purpose: warm-up + cosine schedule instead of StepLR; gradient clipping
 by global norm instead of by value (0.1); no weight decay on biases and norms.
 """
@@ -45,8 +51,10 @@ from torch.utils.data import DataLoader, Dataset
 from cxrfm.data.registry import DatasetSpec, build_dataset, label_matrix, unwrap_dataset
 from cxrfm.data.sample import CXRSample
 from cxrfm.errors import ConfigError, DatasetError
+from cxrfm.evaluation.alignment import alignment_score
 from cxrfm.evaluation.report import PHANTOM_FINDINGS, finding_scores, metrics_table, score_reports
-from cxrfm.models.report import ReportGenerator, report_generator_config
+from cxrfm.models.dvae import DiscreteVAE
+from cxrfm.models.report import ReportGenerator, UARGenerator, report_generator_config, uar_config
 from cxrfm.models.report.tokenizer import ReportTokenizer, TokenizerConfig
 from cxrfm.models.vit import build_encoder
 from cxrfm.pipelines.report_generation import (
@@ -60,7 +68,7 @@ from cxrfm.pipelines.report_generation import (
 )
 from cxrfm.training.contract import TrainConfig, TrainResult, check_run_settings
 from cxrfm.training.loop import Trainer
-from cxrfm.training.tasks.report import MODEL_DIR, ReportGenerationTask, teacher_forced_loss
+from cxrfm.training.tasks.report import MODEL_DIR, ReportGenerationTask, pooled_features, teacher_forced_loss
 from cxrfm.utils.runtime import seed_everything
 
 log = logging.getLogger(__name__)
@@ -95,10 +103,58 @@ class ReportModelSection:
     views_per_study: int = 1
     freeze_encoder: bool = False
     visual_norm: Literal["none", "batch"] = "batch"
+    architecture: Literal["r2gen", "uar"] = "r2gen"
+    uar: "UARSection" = field(default_factory=lambda: UARSection())
 
     def __post_init__(self) -> None:
         if self.views_per_study < 1:
             raise ValueError(f"views_per_study must be >= 1, got {self.views_per_study}")
+        if self.architecture not in ("r2gen", "uar"):
+            raise ValueError(f"architecture must be 'r2gen' or 'uar', got {self.architecture!r}")
+
+
+@dataclass
+class UARSection:
+    """UAR's switches (``model.architecture: uar``; the paper's full model is every switch on).
+
+    ``lsu``: visual tokens from the trained discrete VAE in ``dvae_dir`` (a ``cxrfm dvae train``
+    model folder; its image size is the model's); off: the ViT's features (``encoder_dir`` ...), the
+    paper's Base. ``cra``: the cross-modal representation aligner. ``tir``: the learnable
+    text-to-image mask, scale ``tir_scale`` (``k``). ``margin``: the triplet loss's ``α``.
+    ``train_image_size``: training images are read at this size and randomly cropped to the
+    model's (the paper: 128 -> 112; validation and test read 112 directly); None: no crop.
+    """
+
+    lsu: bool = True
+    dvae_dir: str | None = None
+    cra: bool = True
+    tir: bool = True
+    tir_scale: float = 1000.0
+    margin: float = 0.2
+    train_image_size: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.margin, (int, float)) and 0 <= self.margin <= 2):
+            raise ValueError(f"margin must be a cosine margin in [0, 2], got {self.margin!r}")
+
+
+@dataclass
+class StageSection:
+    """One ``Trainer.fit`` of a staged run: ``max_steps``, loss weights and TIR's mask on or off."""
+
+    max_steps: int = 100
+    ce: float = 1.0
+    alignment: float = 0.0
+    mask: float = 0.0
+    refine: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps < 1:
+            raise ValueError(f"max_steps must be an integer >= 1, got {self.max_steps!r}")
+        for name in ("ce", "alignment", "mask"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0 or value != value:
+                raise ValueError(f"{name} must be a loss weight >= 0, got {value!r}")
 
 
 @dataclass
@@ -141,6 +197,10 @@ class ReportTrainConfig:
     evaluation: EvaluationSection = field(default_factory=EvaluationSection)
     encoder_lr: float | None = 5.0e-5
     train: TrainConfig = field(default_factory=lambda: TrainConfig(output_dir="runs/report", lr=1.0e-4, select_metric="BLEU-4"))
+    stages: list[StageSection] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        check_stages(self)
 
 
 # -------------------------------------------------------------------------------------- data
@@ -229,6 +289,64 @@ def build_report_model(section: ReportModelSection, tokenizer: ReportTokenizer, 
     return model
 
 
+def build_uar_model(section: ReportModelSection, tokenizer: ReportTokenizer, encoder=None, max_length: int | None = None):
+    """A :class:`~cxrfm.models.report.uar.UARGenerator` with ``section.uar``'s switches.
+
+    LSU: around the discrete VAE of ``uar.dvae_dir`` (frozen); otherwise around ``encoder`` (the
+    ViT from :func:`build_encoder`, standardised per ``visual_norm`` as for R2Gen).
+    """
+    uar = section.uar
+    overrides = dict(section.overrides)
+    overrides.update(cra=uar.cra, tir=uar.tir, tir_scale=uar.tir_scale)
+    if max_length is not None:
+        overrides["max_length"] = max_length
+    try:
+        if uar.lsu:
+            return UARGenerator.with_image_tokenizer(load_dvae(uar.dvae_dir), tokenizer, section.views_per_study, section.preset, **overrides)
+        tokens_per_view = encoder.config.num_prefix_tokens + encoder.config.num_patches
+        config = uar_config(
+            section.preset, len(tokenizer), section.views_per_study * tokens_per_view, visual="features",
+            encoder=encoder.config, views_per_study=section.views_per_study, visual_norm=section.visual_norm,
+            pad_id=tokenizer.pad_id, bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, **overrides,
+        )
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("model.overrides", str(exc)) from None
+    model = UARGenerator(config, tokenizer)
+    model.encoder.load_state_dict(encoder.state_dict())
+    model.encoder.requires_grad_(not section.freeze_encoder)
+    return model
+
+
+def load_dvae(directory: str | None) -> DiscreteVAE:
+    if directory is None:
+        raise ConfigError("model.uar.dvae_dir", "LSU needs a trained image tokenizer: run `cxrfm dvae train` and set its model folder")
+    return DiscreteVAE.from_pretrained(directory)
+
+
+def check_stages(config: ReportTrainConfig) -> None:
+    """Stages only for UAR, and consistent with its switches (the saved model keeps TIR on iff ``uar.tir``)."""
+    section = config.model
+    if section.architecture != "uar":
+        if config.stages:
+            raise ConfigError("stages", "training stages (loss weights, TIR mask) are UAR's: set model.architecture: uar")
+        return
+    if section.visual != "vit":
+        raise ConfigError("model.visual", "UAR reads images (for a text-only prior, train on blank placeholder images)")
+    uar = section.uar
+    for index, stage in enumerate(config.stages):
+        if (stage.refine or stage.mask > 0) and not uar.tir:
+            raise ConfigError(f"stages[{index}]", "refine / mask weight need model.uar.tir: true")
+    if config.stages and config.stages[-1].refine != uar.tir:
+        raise ConfigError(f"stages[{len(config.stages) - 1}].refine", "the last stage must train the model as it is saved: refine == model.uar.tir")
+
+
+def run_stages(config: ReportTrainConfig) -> list[StageSection]:
+    """The configured stages; none: one stage of ``train.max_steps`` with L_CE only (mask as saved)."""
+    if config.stages:
+        return list(config.stages)
+    return [StageSection(max_steps=config.train.max_steps, refine=config.model.architecture == "uar" and config.model.uar.tir)]
+
+
 def write_settings(directory: Path, config: ReportTrainConfig) -> Path:
     """``generation.json`` of a model trained with ``config``."""
     return write_generation_settings(
@@ -270,12 +388,15 @@ def run_report_training(
     language = config.tokenizer.language
     seed_everything(config.train.seed)
     section = config.model
+    lsu = section.architecture == "uar" and section.uar.lsu
     encoder = (
         build_encoder(section.encoder_dir, section.encoder_preset, section.encoder_overrides, image_size=section.image_size)
-        if section.visual == "vit" else None
+        if section.visual == "vit" and not lsu else None
     )
-    image_size = _image_size(config.model, encoder)
-    get_split = _split_getter(config, splits, image_size, language)
+    dvae = load_dvae(section.uar.dvae_dir) if lsu else None
+    image_size = _image_size(config.model, encoder, dvae)
+    crop = section.uar.train_image_size if section.architecture == "uar" else None
+    get_split = _split_getter(config, splits, image_size, language, train_size=crop)
     train_split, val_split = get_split("train"), get_split("val")
     tokenizer = ReportTokenizer.build(train_split.texts, config.tokenizer)
     output_dir = Path(config.train.output_dir)
@@ -283,21 +404,18 @@ def run_report_training(
     if is_main:
         tokenizer.save_pretrained(output_dir)
     max_length = config.decoding.max_length or config.tokenizer.max_length - 1
-    model = build_report_model(config.model, tokenizer, encoder, max_length=max_length)
-    task = ReportGenerationTask(
-        tokenizer, val_split, views_per_study=section.views_per_study, blank=section.visual == "blank",
-        encoder_lr=config.encoder_lr, decoding=config.decoding, val_metrics=config.evaluation.val_metrics,
-        val_beam_size=config.evaluation.val_beam_size, select_metric=config.train.select_metric,
-        on_end=lambda folder: write_settings(folder, config),
-    )
+    if section.architecture == "uar":
+        model = build_uar_model(section, tokenizer, encoder, max_length=max_length)
+    else:
+        model = build_report_model(section, tokenizer, encoder, max_length=max_length)
     log.info(
-        "report generator: %.2fM parameters, vocabulary %d, %d train / %d val studies, %s visual at %s x %d view(s)",
-        sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), len(train_split), len(val_split),
-        config.model.visual, image_size, config.model.views_per_study,
+        "report generator (%s): %.2fM parameters, vocabulary %d, %d train / %d val studies, %s visual at %s x %d view(s)",
+        section.architecture, sum(p.numel() for p in model.parameters()) / 1e6, len(tokenizer), len(train_split),
+        len(val_split), "dVAE-token" if lsu else section.visual, image_size, section.views_per_study,
     )
     seconds["setup"] = time.perf_counter() - started
     started = time.perf_counter()
-    result = Trainer(model, task, train_split, config.train, collate_fn=task.collate, run_config=config).fit(resume=resume)
+    result = _train_stages(config, model, tokenizer, train_split, val_split, image_size if crop else None, resume)
     seconds["train"] = time.perf_counter() - started
     run = ReportRunResult(output_dir, output_dir / MODEL_DIR, result, len(tokenizer), {"train": len(train_split), "val": len(val_split)}, seconds=seconds)
     if config.evaluation.test and is_main:
@@ -307,7 +425,43 @@ def run_report_training(
     return run
 
 
-def _image_size(section: ReportModelSection, encoder) -> tuple[int, int]:
+def _train_stages(config: ReportTrainConfig, model, tokenizer, train_split, val_split, crop_size, resume) -> TrainResult:
+    """One ``Trainer.fit`` per stage on the same model; the last writes ``<output_dir>/model``."""
+    stages = run_stages(config)
+    output_dir = Path(config.train.output_dir)
+    section = config.model
+    result = None
+    for index, stage in enumerate(stages):
+        last = index == len(stages) - 1
+        folder = output_dir if last else output_dir / f"stage{index + 1}"
+        train = dataclasses.replace(
+            config.train, max_steps=stage.max_steps, output_dir=str(folder),
+            warmup_steps=min(config.train.warmup_steps, stage.max_steps - 1),
+        )
+        if isinstance(model, UARGenerator):
+            model.refine = stage.refine
+        task = ReportGenerationTask(
+            tokenizer, val_split, views_per_study=section.views_per_study, blank=section.visual == "blank",
+            encoder_lr=config.encoder_lr, decoding=config.decoding, val_metrics=config.evaluation.val_metrics,
+            val_beam_size=config.evaluation.val_beam_size, select_metric=config.train.select_metric,
+            on_end=lambda folder: write_settings(folder, config), loss_weights=(stage.ce, stage.alignment, stage.mask),
+            margin=section.uar.margin, crop_size=crop_size,
+        )
+        if len(stages) > 1:
+            log.info("stage %d/%d: %d steps, weights CE %g / Global %g / Mask %g, TIR mask %s", index + 1, len(stages),
+                     stage.max_steps, stage.ce, stage.alignment, stage.mask, "on" if stage.refine else "off")
+        result = Trainer(model, task, train_split, train, collate_fn=task.collate, run_config=config).fit(resume=resume)
+        if not last:  # the next stage starts from this stage's selected weights
+            model.load_state_dict(UARGenerator.from_pretrained(folder / MODEL_DIR).state_dict())
+    return result
+
+
+def _image_size(section: ReportModelSection, encoder, dvae=None) -> tuple[int, int]:
+    if dvae is not None:
+        size = (dvae.config.image_size, dvae.config.image_size)
+        if section.image_size is not None and tuple(section.image_size) != size:
+            raise ConfigError("model.image_size", f"the image tokenizer reads {size} images; set model.image_size to that or null")
+        return size
     if encoder is not None:
         return tuple(encoder.config.image_size)
     if section.image_size is None:
@@ -315,7 +469,8 @@ def _image_size(section: ReportModelSection, encoder) -> tuple[int, int]:
     return tuple(section.image_size)
 
 
-def _split_getter(config: ReportTrainConfig, given: Mapping[str, SplitSource] | None, image_size, language: str):
+def _split_getter(config: ReportTrainConfig, given: Mapping[str, SplitSource] | None, image_size, language: str, train_size=None):
+    """``get(split)``; ``train_size``: the train split is read at that size (to be cropped to ``image_size``)."""
     given = dict(given or {})
     unknown = sorted(set(given) - set(SPLITS))
     if unknown:
@@ -323,7 +478,8 @@ def _split_getter(config: ReportTrainConfig, given: Mapping[str, SplitSource] | 
 
     def get(name: str) -> ReportSplit:
         if name not in given:
-            return build_report_split(config.data, name, image_size, config.model.views_per_study, config.text, language)
+            size = tuple(train_size) if train_size is not None and name == "train" else image_size
+            return build_report_split(config.data, name, size, config.model.views_per_study, config.text, language)
         dataset = given[name]() if callable(given[name]) and not isinstance(given[name], Dataset) else given[name]
         return dataset if isinstance(dataset, ReportSplit) else ReportSplit(dataset, config.text, language, f"{name} split")
 
@@ -349,6 +505,9 @@ def _evaluate_test(config: ReportTrainConfig, run: ReportRunResult, test_split: 
         scores["teacher_forced"]["loss_swapped_images"] = swapped["loss"]
         # > 0: another study's image makes this study's report less likely, i.e. the image is read.
         scores["teacher_forced"]["swapped_gap"] = swapped["loss"] / own - 1 if own > 0 else float("nan")
+    if isinstance(model, UARGenerator):
+        image_features, report_features = pooled_features(model, loader)
+        scores["alignment_score"] = alignment_score(image_features.numpy(), report_features.numpy())
     truth = true_findings(test_split)
     if truth is not None and config.tokenizer.language == "en":
         scores["findings"] = finding_scores([r["prediction"] for r in rows], truth)

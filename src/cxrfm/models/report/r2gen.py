@@ -29,21 +29,19 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from cxrfm.models.report.tokenizer import TOKENIZER_NAME, ReportTokenizer
+from cxrfm.models.report.tokenizer import ReportTokenizer
 from cxrfm.errors import CheckpointError, ConfigError
 from cxrfm.models.pretrained import (
-    CONFIG_NAME,
     build_and_load,
     config_from_record,
     read_config_record,
     read_weights,
     write_pretrained,
 )
-from cxrfm.models.report.decoding import GenerationOutput, SpecialTokens, beam_search, greedy_search
+from cxrfm.models.report.base import FeedForward, ReportModel, read_saved_tokenizer, report_loss, sincos_positions
 from cxrfm.models.report.memory import ConditionalLayerNorm, MultiHeadAttention, RelationalMemory
 from cxrfm.models.vit import ViTConfig, VisionTransformer, check_number, check_positive_int
 
@@ -132,21 +130,6 @@ def report_generator_config(name: str, vocab_size: int, **overrides) -> ReportGe
     if name not in REPORT_PRESETS:
         raise ConfigError("model.preset", f"unknown report preset {name!r} (known: {', '.join(REPORT_PRESETS)})")
     return ReportGeneratorConfig(vocab_size=vocab_size, **{**REPORT_PRESETS[name], **overrides})
-
-
-def sincos_positions(length: int, d_model: int) -> torch.Tensor:
-    """``(length, d_model)`` Transformer position encodings (sin on even, cos on odd channels)."""
-    position = torch.arange(length, dtype=torch.float32)[:, None]
-    frequency = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
-    table = torch.zeros(length, d_model)
-    table[:, 0::2] = torch.sin(position * frequency)
-    table[:, 1::2] = torch.cos(position * frequency)
-    return table
-
-
-class FeedForward(nn.Sequential):
-    def __init__(self, d_model: int, d_ff: int, dropout: float):
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
 class EncoderLayer(nn.Module):
@@ -248,7 +231,7 @@ class UncachedDecoderState:
         return UncachedDecoderState(self.encoder_states.index_select(0, index), mask)
 
 
-class ReportGenerator(nn.Module):
+class ReportGenerator(ReportModel, nn.Module):
     """Memory-driven Transformer report generator (R2Gen) with an optional ViT encoder.
 
     Inputs: ``images (B, V, C, H, W)`` (V views, each through the ViT; ``(B, C, H, W)`` = one view)
@@ -290,8 +273,9 @@ class ReportGenerator(nn.Module):
                 module.reset_parameters()
 
     @property
-    def special_tokens(self) -> SpecialTokens:
-        return SpecialTokens(self.config.bos_id, self.config.eos_id, self.config.pad_id)
+    def image_size(self) -> tuple[int, int] | None:
+        """The ViT's input size (None without an encoder)."""
+        return tuple(self.encoder.config.image_size) if self.encoder is not None else None
 
     # ----- encoder side -----
     def extract_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -418,74 +402,6 @@ class ReportGenerator(nn.Module):
         state.memory, state.position = memory, position + 1
         return logits, state
 
-    @torch.no_grad()
-    def generate(
-        self,
-        images: torch.Tensor | None = None,
-        features: torch.Tensor | None = None,
-        feature_mask: torch.Tensor | None = None,
-        *,
-        beam_size: int = 3,
-        max_length: int | None = None,
-        length_penalty: float = 0.0,
-        no_repeat_ngram_size: int = 0,
-        use_cache: bool = True,
-    ) -> GenerationOutput:
-        """Greedy (``beam_size=1``) or beam search; ``max_length`` tokens at most after ``<bos>``.
-
-        Runs in eval mode (dropout off) and restores the previous mode afterwards.
-        """
-        max_length = self.config.max_length if max_length is None else max_length
-        was_training = self.training
-        self.eval()
-        try:
-            encoder_states, encoder_mask = self.encode(images, features, feature_mask)
-            batch = encoder_states.shape[0]
-            state = self.start_decoding(encoder_states, encoder_mask, use_cache, capacity=max_length)
-            common = dict(
-                max_length=max_length, special=self.special_tokens,
-                no_repeat_ngram_size=no_repeat_ngram_size, device=encoder_states.device,
-            )
-            if beam_size == 1:
-                return greedy_search(self.decode_step, state, batch, **common)
-            return beam_search(
-                self.decode_step, state, batch, beam_size=beam_size, length_penalty=length_penalty, **common
-            )
-        finally:
-            self.train(was_training)
-
-    def generate_text(self, images=None, features=None, feature_mask=None, **search) -> list[str]:
-        """:meth:`generate`, decoded with the model's tokenizer (space-separated words)."""
-        if self.tokenizer is None:
-            raise ValueError("this model has no tokenizer; decode GenerationOutput.sequences yourself")
-        output = self.generate(images, features, feature_mask, **search)
-        return [self.tokenizer.decode(row) for row in output.sequences]
-
-    # ----- optimisation -----
-    def param_groups(self, lr_encoder: float, lr_decoder: float, weight_decay: float) -> list[dict]:
-        """Optimiser groups: ViT encoder at ``lr_encoder``, everything else at ``lr_decoder``.
-
-        Weight decay applies to matrices only; biases, norm gains/shifts, the ViT class token and
-        position embeddings are exempt. (R2Gen decays every parameter with Adam's L2 term.)
-        """
-        exempt = {f"encoder.{name}" for name in self.encoder.no_weight_decay()} if self.encoder is not None else set()
-        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
-        for name, parameter in self.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            is_encoder = name.startswith("encoder.")
-            decays = parameter.ndim > 1 and name not in exempt
-            groups.setdefault((is_encoder, decays), []).append(parameter)
-        return [
-            {
-                "params": params,
-                "lr": lr_encoder if is_encoder else lr_decoder,
-                "weight_decay": weight_decay if decays else 0.0,
-                "name": f"{'encoder' if is_encoder else 'decoder'}{'' if decays else '_no_decay'}",
-            }
-            for (is_encoder, decays), params in sorted(groups.items(), reverse=True)
-        ]
-
     # ----- persistence -----
     def save_pretrained(self, directory: str | Path) -> Path:
         """``config.json`` + ``model.safetensors`` (ViT included) + ``tokenizer.json`` (if any)."""
@@ -506,10 +422,7 @@ class ReportGenerator(nn.Module):
         if model_type != MODEL_TYPE:
             raise CheckpointError(directory, f"model_type {model_type!r} is not a {MODEL_TYPE} checkpoint")
         config = config_from_record(ReportGeneratorConfig, record, directory)
-        tokenizer_path = Path(directory) / TOKENIZER_NAME
-        tokenizer = ReportTokenizer.from_pretrained(tokenizer_path) if tokenizer_path.exists() else None
-        if tokenizer is not None:
-            _check_tokenizer_fits(config, tokenizer, Path(directory))
+        tokenizer = read_saved_tokenizer(directory, config)
         state = read_weights(directory)
         return build_and_load(directory, lambda: cls(config, tokenizer), state, record)
 
@@ -534,23 +447,3 @@ class ReportGenerator(nn.Module):
         model = cls(config, tokenizer)
         model.encoder.load_state_dict(encoder.state_dict())
         return model
-
-
-def _check_tokenizer_fits(config: ReportGeneratorConfig, tokenizer: ReportTokenizer, directory: Path) -> None:
-    """The saved tokenizer must be the one the model was trained with: same size, same special ids."""
-    if len(tokenizer) != config.vocab_size:
-        raise CheckpointError(
-            directory,
-            f"{TOKENIZER_NAME} has {len(tokenizer)} tokens but {CONFIG_NAME} field 'vocab_size' is {config.vocab_size}",
-        )
-    for name in ("pad_id", "bos_id", "eos_id"):
-        if getattr(tokenizer, name) != getattr(config, name):
-            raise CheckpointError(
-                directory,
-                f"{CONFIG_NAME} field '{name}' is {getattr(config, name)}, but {TOKENIZER_NAME} puts it at {getattr(tokenizer, name)}",
-            )
-
-
-def report_loss(logits: torch.Tensor, targets: torch.Tensor, pad_id: int) -> torch.Tensor:
-    """Token-mean cross-entropy of ``logits (B, L, V)`` against ``targets (B, L)``, ``pad_id`` ignored."""
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=pad_id)
