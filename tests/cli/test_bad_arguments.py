@@ -57,6 +57,18 @@ CASES = {
         (["report", "generate", "--model", "{tmp}", "--input", "{tmp}", "--out", "{tmp}/r.jsonl", "--beam", "0"], "--beam"),
         (["report", "evaluate", "--predictions", "{tmp}/missing.jsonl"], "missing.jsonl"),
         (["report", "evaluate", "--predictions", "{notes}"], "notes.png"),
+        (["report", "train", "--config", "uar-tiny-phantom", "--set", "model.uar.dvae_dir=null"], "model.uar.dvae_dir"),
+        (["report", "train", "--config", "uar-tiny-phantom", "--set", "model.uar.dvae_dir={tmp}/none"], "none"),
+        (["report", "train", "--config", "uar-tiny-phantom", "--set", "stages=[{max_steps: 0}]"], "max_steps"),
+        (["report", "train", "--config", "uar-tiny-phantom", "--set", "model.uar.margin=5"], "margin"),
+    ],
+    "dvae": [
+        (["dvae", "train", "--config", "nope"], "nope"),
+        (["dvae", "train", "--set", "model.preset=huge"], "huge"),
+        (["dvae", "train", "--set", "model.overrides={codebook_size: 1}"], "codebook_size"),
+        (["dvae", "train", "--set", "train_image_size=64"], "train_image_size"),
+        (["dvae", "train", "--set", "data=[{kind: openist, root: {tmp}/nowhere}]"], "nowhere"),
+        (["dvae", "train", "--set", "train.output_dir={file}/run"], "train.output_dir"),
     ],
     "classify": [
         (["classify", "train", "--set", "labels.fraction=0"], "fraction"),

@@ -37,6 +37,9 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
         "segmenter.data.num_samples={train: 16, val: 8}", "segmenter.train.epochs=1", "segmenter.train.progress=false",
         "pretrain_overrides=[train.max_steps=6, train.figure_every=3, train.checkpoint_every=3, data.sources.phantom.num_samples=24]",
         "report_overrides=[train.max_steps=4, data.num_samples.train=16, data.num_samples.val=4, data.num_samples.test=4, evaluation.meteor=false]",
+        "dvae_overrides=[train.max_steps=4, train.warmup_steps=1, train.validate_every=0, 'data=[{kind: phantom, num_samples: {train: 16, val: 4, test: 4}}]']",
+        "uar_overrides=['stages=[{max_steps: 3, alignment: 1.0}, {max_steps: 3, alignment: 1.0, mask: 1.0, refine: true}]', "
+        "train.warmup_steps=1, data.num_samples.train=16, data.num_samples.val=4, data.num_samples.test=4, evaluation.meteor=false]",
     ]
     args = ["demo", "--out", str(out)]
     for override in overrides:
@@ -54,9 +57,11 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert (out / "figures" / "report_examples.png").stat().st_size > 10_000
     assert set(summary["report"]["test_nlg"]) >= {"BLEU-1", "BLEU-4", "ROUGE-L", "CIDEr"}
     assert 0.0 <= summary["classification"]["test_mean_auroc"] <= 1.0
+    assert (out / "dvae" / "reconstructions.png").is_file() and 0.0 <= summary["uar"]["alignment_score"] <= 1.0
+    assert (out / "uar" / "stage1" / "model").is_dir() and "BLEU-4" in summary["uar"]["test_nlg"]
     assert Path(summary["classification"]["heatmaps"]).stat().st_size > 10_000
     summary_md = (out / "summary.md").read_text()
-    assert "# cxrfm demo" in summary_md and "## Disease prediction" in summary_md
+    assert "# cxrfm demo" in summary_md and "## Disease prediction" in summary_md and "## UAR report generation" in summary_md
 
 
 def test_demo_never_overwrites_an_earlier_run(tmp_path):

@@ -11,9 +11,11 @@ Stages, each writing into the run folder:
    that segmenter: reconstruction figures (original / masked / reconstruction) and ``encoder/``.
 4. ``report/``: an R2Gen-style report generator on that encoder (phantom image-report pairs),
    its NLG and clinical-efficacy metrics and ``figures/report_examples.png``.
-5. ``classify/``: a VTB-style classifier of the phantom findings, its AUROC table with bootstrap
+5. ``dvae/`` + ``uar/``: UAR's image tokenizer (a discrete VAE) and a two-stage UAR report
+   generator on its tokens, with its NLG, finding F1 and alignment score.
+6. ``classify/``: a VTB-style classifier of the phantom findings, its AUROC table with bootstrap
    intervals and per-label heatmaps.
-6. ``summary.md`` / ``summary.json``.
+7. ``summary.md`` / ``summary.json``.
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ from cxrfm.figures.phantom import save_phantom_gallery
 from cxrfm.figures.reports import save_report_examples
 from cxrfm.pipelines.lung_masks import LungMaskPipeline
 from cxrfm.recipes.classify import ClassifyConfig, run_classification
+from cxrfm.recipes.dvae import DVAETrainConfig, run_dvae_training
 from cxrfm.recipes.pretrain import PretrainConfig, run_pretraining
-from cxrfm.recipes.report import ReportTrainConfig, build_report_split, run_report_training
+from cxrfm.recipes.report import (
+    ReportTrainConfig,
+    build_report_split,
+    run_report_training,
+)
 from cxrfm.recipes.segmenter import SegmenterTrainConfig, train_segmenter
 from cxrfm.utils.patch_grid import patch_inside_fraction
 
@@ -64,6 +71,9 @@ class DemoConfig:
     report: bool = True
     report_language: Literal["en", "zh"] = "en"
     report_overrides: list[str] = field(default_factory=list)
+    uar: bool = True
+    uar_overrides: list[str] = field(default_factory=list)
+    dvae_overrides: list[str] = field(default_factory=list)
     classify: bool = True
 
 
@@ -91,6 +101,8 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
                 out, encoder, seed=config.seed, language=config.report_language, overrides=config.report_overrides
             ),
         )
+    if config.uar:
+        run_stage("uar", lambda: run_uar_demo(out, seed=config.seed, overrides=config.uar_overrides, dvae_overrides=config.dvae_overrides))
     if config.classify:
         run_stage("classification", lambda: run_classify_demo(out / "classify", encoder, seed=config.seed))
 
@@ -252,6 +264,8 @@ def _summary_markdown(summary: dict) -> str:
     lines += [f"![reconstruction]({figure})" for figure in pre["figures"][-1:]]
     if "report" in summary:
         lines += _report_markdown(summary["report"])
+    if "uar" in summary:
+        lines += _uar_markdown(summary["uar"])
     if "classification" in summary:
         lines += _classification_markdown(summary["classification"], Path(summary["run_dir"]))
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
@@ -319,6 +333,57 @@ def run_report_demo(run_dir: Path, encoder_dir: Path | None, seed: int = 0, lang
 def _encoder_size(model_dir: Path) -> tuple[int, int]:
     record = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
     return tuple(record["encoder"]["image_size"])
+
+
+# ---------------------------------------------------------------------------------- UAR stage
+DVAE_CONFIG, UAR_CONFIG = "dvae-tiny-phantom", "uar-tiny-phantom"
+
+
+def run_uar_demo(run_dir: Path, seed: int = 0, overrides: Sequence[str] = (), dvae_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """UAR on phantoms: the dVAE tokenizer (``<run_dir>/dvae``), then two-stage UAR on its tokens
+    (``<run_dir>/uar``). ``overrides`` / ``dvae_overrides`` go to the UAR / dVAE configs."""
+    run_dir = Path(run_dir)
+    common = [f"train.seed={seed}", "train.tensorboard=false", "train.progress_bar=false"]
+    dvae_config = load_config(DVAETrainConfig, resolve_config_path(DVAE_CONFIG), [*common, f"train.output_dir={run_dir / 'dvae'}", *dvae_overrides])
+    tokenizer = run_dvae_training(dvae_config)
+    uar_settings = [
+        *common, f"train.output_dir={run_dir / 'uar'}", f"data.seed={seed}", "train.save_checkpoints=false",
+        f"model.uar.dvae_dir={run_dir / 'dvae' / 'model'}", *overrides,
+    ]
+    result = run_report_training(load_config(ReportTrainConfig, resolve_config_path(UAR_CONFIG), uar_settings))
+    scores = result.test_scores or {}
+    phantom = tokenizer["per_dataset"]["phantom"]
+    return {
+        "model": str(result.model_dir),
+        "tokenizer": {"psnr": phantom["psnr_mean"], "ssim": phantom["ssim_mean"], **tokenizer["codebook"],
+                      "figure": str(Path(tokenizer["figure"]).relative_to(run_dir))},
+        "test_nlg": scores.get("nlg", {}),
+        "finding_macro_f1": scores.get("findings", {}).get("macro_f1"),
+        "alignment_score": scores.get("alignment_score"),
+        "teacher_forced": scores.get("teacher_forced", {}),
+        "distinct_predictions": scores.get("distinct_reports"),
+        "studies": result.split_sizes,
+        "seconds": {name: round(value, 1) for name, value in result.seconds.items()},
+    }
+
+
+def _uar_markdown(uar: dict) -> list[str]:
+    tokenizer, nlg, forced = uar["tokenizer"], uar["test_nlg"], uar["teacher_forced"]
+    return [
+        "",
+        "## UAR report generation",
+        f"Image tokenizer (discrete VAE, codebook {tokenizer['used_codes'] + tokenizer['dead_codes']}): held-out phantoms "
+        f"reconstructed from their tokens at PSNR {tokenizer['psnr']:.1f} dB, SSIM {tokenizer['ssim']:.3f}; codebook "
+        f"perplexity {tokenizer['perplexity']:.1f}, {tokenizer['dead_codes']} dead codes.",
+        "",
+        f"![tokenizer]({tokenizer['figure']})",
+        "",
+        "UAR (dVAE tokens, CRA + triplet loss, then TIR's mask in a second stage) on phantom pairs: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in nlg.items())
+        + f"; finding macro F1 {uar['finding_macro_f1']:.3f}; alignment score {uar['alignment_score']:.3f}; "
+        f"swapped-image gap {forced.get('swapped_gap', float('nan')):+.1%}; {uar['distinct_predictions']} distinct reports "
+        f"for {uar['studies'].get('test', '?')} studies.",
+    ]
 
 
 # ----------------------------------------------------------------------- classification stage
