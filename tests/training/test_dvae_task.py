@@ -22,3 +22,11 @@ def test_random_square_crop_takes_a_window_of_the_image():
         assert torch.equal(crop, image[:, top : top + 6, left : left + 6])
     with pytest.raises(ValueError, match="larger"):
         random_square_crop(images, 12)
+
+
+def test_images_of_datasets_with_different_label_sets_collate_together():
+    from cxrfm.data.sample import CXRSample
+    from cxrfm.training.tasks.dvae import collate_images
+
+    samples = [CXRSample(image=torch.rand(1, 8, 8), labels=torch.zeros(n)) for n in (22, 15)]
+    assert collate_images(samples).shape == (2, 1, 8, 8)

@@ -25,14 +25,13 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from cxrfm.data.registry import DatasetSpec, build_dataset
-from cxrfm.data.sample import collate_samples
 from cxrfm.errors import ConfigError
 from cxrfm.evaluation.tokenizer import codebook_usage, reconstruction_scores
 from cxrfm.figures.tokenizer import save_reconstructions
 from cxrfm.models.dvae import DVAE_PRESETS, DiscreteVAE, DiscreteVAEConfig
 from cxrfm.training.contract import TrainConfig, check_run_settings
 from cxrfm.training.loop import Trainer
-from cxrfm.training.tasks.dvae import DVAETask
+from cxrfm.training.tasks.dvae import DVAETask, collate_images
 from cxrfm.utils.files import replace_folder
 from cxrfm.utils.runtime import seed_everything
 
@@ -99,7 +98,7 @@ def run_dvae_training(config: DVAETrainConfig, *, resume: bool = False) -> dict[
                     crop_size=size if config.train_image_size not in (None, size) else None, batch_size=config.train.batch_size)
     log.info("dVAE: %.2fM parameters, codebook %d, %d training images at %s -> %d", sum(p.numel() for p in model.parameters()) / 1e6,
              model.config.codebook_size, len(train_split), config.train_image_size or size, size)
-    Trainer(model, task, train_split, config.train, collate_fn=collate_samples, run_config=config).fit(resume=resume)
+    Trainer(model, task, train_split, config.train, collate_fn=collate_images, run_config=config).fit(resume=resume)
     output_dir = Path(config.train.output_dir)
     model = model.cpu().eval()
     replace_folder(output_dir / "model", model.save_pretrained)
@@ -119,10 +118,10 @@ def evaluate_tokenizer(model: DiscreteVAE, config: DVAETrainConfig, output_dir: 
         dataset = build_dataset(spec, "test", (size, size), field_name=f"data[{index}]")
         count = min(len(dataset), config.eval_max_images)
         originals, reconstructions = [], []
-        for batch in DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=16, collate_fn=collate_samples):
-            ids = model.encode_tokens(batch.images)
+        for images in DataLoader(torch.utils.data.Subset(dataset, range(count)), batch_size=16, collate_fn=collate_images):
+            ids = model.encode_tokens(images)
             all_ids.append(ids.numpy())
-            originals.append(batch.images[:, 0].numpy())
+            originals.append(images[:, 0].numpy())
             reconstructions.append(model.decode_tokens(ids)[:, 0].numpy())
         originals, reconstructions = np.concatenate(originals), np.concatenate(reconstructions)
         scores = reconstruction_scores(originals, reconstructions)

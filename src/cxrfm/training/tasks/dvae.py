@@ -2,8 +2,9 @@
 Gumbel-softmax temperature annealed exponentially from ``start`` to ``end`` over training (DALL·E:
 1 -> 1/16), and validation by hard-token reconstruction error.
 
-Batches are :class:`~cxrfm.data.sample.CXRBatch` (``images (B, 1, H, W)`` in [0, 1]); ``crop_size``
-takes a random window of each image (UAR reads 128 and crops 112).
+Batches are image tensors ``(B, 1, H, W)`` in [0, 1] (:func:`collate_images`: only the pixels, so
+datasets with different label sets mix); ``crop_size`` takes a random window of each image (UAR
+reads 128 and crops 112).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrfm.data.sample import collate_samples
+from cxrfm.data.sample import CXRSample
 from cxrfm.training.contract import BaseTask, StepContext
 from cxrfm.utils.runtime import unwrap_model
 
@@ -32,8 +33,8 @@ class DVAETask(BaseTask):
         progress = min(step / max(max_steps - 1, 1), 1.0)
         return math.exp(math.log(start) + progress * (math.log(end) - math.log(start)))
 
-    def training_step(self, model: nn.Module, batch, ctx: StepContext) -> dict[str, Any]:
-        images = batch.images
+    def training_step(self, model: nn.Module, batch: torch.Tensor, ctx: StepContext) -> dict[str, Any]:
+        images = batch
         if self.crop_size is not None:
             images = random_square_crop(images, self.crop_size)
         temperature = self.temperature_at(ctx.step, ctx.config.max_steps)
@@ -48,13 +49,18 @@ class DVAETask(BaseTask):
         core = unwrap_model(model)
         device = next(core.parameters()).device
         total, count = 0.0, 0
-        for batch in DataLoader(self.val_split, batch_size=self.batch_size, collate_fn=collate_samples):
-            images = batch.images.to(device)
+        for batch in DataLoader(self.val_split, batch_size=self.batch_size, collate_fn=collate_images):
+            images = batch.to(device)
             reconstruction = core.decode_tokens(core.encode_tokens(images))
             total += float(((reconstruction - images) ** 2).mean(dim=(1, 2, 3)).sum())
             count += images.shape[0]
         mse = total / max(count, 1)
         return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
+
+
+def collate_images(samples: list[CXRSample]) -> torch.Tensor:
+    """``(B, 1, H, W)``: the images of ``samples`` (labels, masks and reports left out)."""
+    return torch.stack([sample.image for sample in samples])
 
 
 def random_square_crop(images: torch.Tensor, size: int) -> torch.Tensor:
