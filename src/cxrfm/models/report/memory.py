@@ -64,6 +64,18 @@ class MultiHeadAttention(nn.Module):
         keys, values = self.keys_values(source)
         return self.attend(query, keys, values, mask)
 
+    def self_attend(self, h: torch.Tensor, cache: tuple[torch.Tensor, torch.Tensor, int] | None = None) -> torch.Tensor:
+        """Causal self-attention of ``h (B, Q, D)``; with ``cache = (keys, values, position)``
+        (preallocated ``(B, H, capacity, D/H)`` buffers) the new token's keys/values are written at
+        ``position`` and attention runs over ``[0, position]`` (Q must be 1)."""
+        keys, values = self.keys_values(h)
+        if cache is None:
+            return self.attend(h, keys, values, is_causal=True)
+        key_buffer, value_buffer, position = cache
+        key_buffer[:, :, position : position + 1] = keys
+        value_buffer[:, :, position : position + 1] = values
+        return self.attend(h, key_buffer[:, :, : position + 1], value_buffer[:, :, : position + 1])
+
 
 class RelationalMemory(nn.Module):
     """Gated relational memory with ``num_slots`` slots of width ``d_model`` (R2Gen: 3 × 512, 8 heads).

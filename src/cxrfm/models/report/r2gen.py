@@ -179,15 +179,7 @@ class DecoderLayer(nn.Module):
         ``[0, position]`` (Q must be 1). Without a cache, attention is causal over ``x``.
         """
         h = self.self_attention_norm(x, memory)
-        keys, values = self.self_attention.keys_values(h)
-        if self_cache is None:
-            attended = self.self_attention.attend(h, keys, values, is_causal=True)
-        else:
-            key_buffer, value_buffer, position = self_cache
-            key_buffer[:, :, position : position + 1] = keys
-            value_buffer[:, :, position : position + 1] = values
-            end = position + 1
-            attended = self.self_attention.attend(h, key_buffer[:, :, :end], value_buffer[:, :, :end])
+        attended = self.self_attention.self_attend(h, self_cache)
         x = x + self.dropout(attended)
         h = self.cross_attention_norm(x, memory)
         x = x + self.dropout(self.cross_attention.attend(h, *cross_keys_values, encoder_mask))

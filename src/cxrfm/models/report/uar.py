@@ -239,14 +239,7 @@ class UARDecoderLayer(nn.Module):
         """``x (B, Q, d)``; ``cross_bias`` float, broadcastable to ``(B, H, Q, L)``, added to the
         scaled text-to-image logits; ``self_cache = (keys, values, position)`` as in R2Gen's layer."""
         h = self.self_attention_norm(x)
-        keys, values = self.self_attention.keys_values(h)
-        if self_cache is None:
-            attended = self.self_attention.attend(h, keys, values, is_causal=True)
-        else:
-            key_buffer, value_buffer, position = self_cache
-            key_buffer[:, :, position : position + 1] = keys
-            value_buffer[:, :, position : position + 1] = values
-            attended = self.self_attention.attend(h, key_buffer[:, :, : position + 1], value_buffer[:, :, : position + 1])
+        attended = self.self_attention.self_attend(h, self_cache)
         x = x + self.dropout(attended)
         h = self.cross_attention_norm(x)
         x = x + self.dropout(self.cross_attention.attend(h, *cross_keys_values, cross_bias))
