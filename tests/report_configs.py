@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from cxrfm.config import from_dict
+from cxrfm.data.phantom import PhantomDataset
+from cxrfm.io import write_image
 from cxrfm.recipes.report import ReportTrainConfig
 
 
@@ -31,3 +33,18 @@ def tiny_report_config(output_dir, **sections) -> ReportTrainConfig:
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values} if isinstance(values, dict) else values
     return from_dict(ReportTrainConfig, data)
+
+
+def write_iu_standins(annotation: dict, image_root, studies: dict[str, int], size: int = 40) -> dict[str, list[str]]:
+    """Stand-in PNGs (phantoms) for the first ``studies[split]`` IU studies of each split, in the R2Gen
+    layout ``<image_root>/<id>/0.png, 1.png``: the shared set has no IU images. Returns the ids."""
+    phantoms = PhantomDataset(2 * sum(studies.values()), (size, size), seed=9_000_000)
+    ids, drawn = {}, 0
+    for split, count in studies.items():
+        ids[split] = [entry["id"] for entry in annotation[split][:count]]
+        for study in ids[split]:
+            (image_root / study).mkdir(parents=True)
+            for view in range(2):
+                write_image(image_root / study / f"{view}.png", phantoms[drawn].image[0].numpy())
+                drawn += 1
+    return ids

@@ -47,7 +47,7 @@ def test_basis_has_orthonormal_columns_when_taller_than_wide_and_rows_otherwise(
 
 def test_aligner_is_token_wise_so_it_keeps_the_decoder_causal():
     torch.manual_seed(0)
-    aligner = CrossModalAligner(16, 64, 4, dropout=0.0).eval()
+    aligner = CrossModalAligner(16, 64, 4).eval()
     x = torch.randn(2, 5, 16)
     out = aligner(x)
     changed = x.clone()

@@ -11,32 +11,21 @@ import json
 import pytest
 
 from cxrfm.cli.report import main
-from cxrfm.data.phantom import PhantomDataset
-from cxrfm.io import write_image
-from cxrfm.recipes.report import build_report_split, run_report_training
+from cxrfm.config import load_config
+from cxrfm.configs import resolve_config_path
+from cxrfm.models.dvae import DVAE_PRESETS, DiscreteVAE, DiscreteVAEConfig
+from cxrfm.models.report import UARGenerator, load_report_generator
+from cxrfm.recipes.report import ReportTrainConfig, build_report_split, run_report_training
 
-from report_configs import tiny_report_config
+from report_configs import tiny_report_config, write_iu_standins
 
 STUDIES = {"train": 8, "val": 3, "test": 3}
-
-
-def _write_standins(annotation: dict, image_root) -> dict[str, list[str]]:
-    phantoms = PhantomDataset(2 * sum(STUDIES.values()), (40, 40), seed=9_000_000)
-    ids, drawn = {}, 0
-    for split, count in STUDIES.items():
-        ids[split] = [entry["id"] for entry in annotation[split][:count]]
-        for study in ids[split]:
-            (image_root / study).mkdir(parents=True)
-            for view in range(2):
-                write_image(image_root / study / f"{view}.png", phantoms[drawn].image[0].numpy())
-                drawn += 1
-    return ids
 
 
 @pytest.mark.realdata
 def test_iu_xray_train_generate_evaluate_with_standin_images(shared_data_dir, tmp_path, capsys):
     root = shared_data_dir / "iu_xray"
-    ids = _write_standins(json.loads((root / "annotation.json").read_text()), tmp_path / "images")
+    ids = write_iu_standins(json.loads((root / "annotation.json").read_text()), tmp_path / "images", STUDIES)
     data = {
         "kind": "iu-xray", "root": str(root), "cache": True, "options": {"image_root": str(tmp_path / "images"), "images_required": False},
         "max_samples": dict(STUDIES),
@@ -63,3 +52,31 @@ def test_iu_xray_train_generate_evaluate_with_standin_images(shared_data_dir, tm
     # References from the dataset split, mapped by the model's tokenizer = the run's own scoring.
     assert scores["nlg"] == pytest.approx(run.test_scores["nlg"])
     assert "iu-xray test" in capsys.readouterr().out
+
+
+@pytest.mark.realdata
+def test_uar_iu_xray_config_runs_on_two_view_standins(shared_data_dir, tmp_path):
+    """The shipped ``uar-iu-xray`` config (two views, 128 -> crop 112, LSU + CRA + TIR, two stages) on
+    the real IU reports and split, with stand-in PNGs and an untrained tiny dVAE (the path, not the
+    scores, is under test), shrunk only in size and steps."""
+    root = shared_data_dir / "iu_xray"
+    ids = write_iu_standins(json.loads((root / "annotation.json").read_text()), tmp_path / "images", STUDIES, size=128)
+    DiscreteVAE(DiscreteVAEConfig(image_size=112, **DVAE_PRESETS["dvae-tiny-cpu"])).save_pretrained(tmp_path / "dvae")
+    two_stages = ("stages=[{max_steps: 3, ce: 1.0, alignment: 1.0, mask: 0.0, refine: false}, "
+                  "{max_steps: 3, ce: 1.0, alignment: 1.0, mask: 1.0, refine: true}]")
+    config = load_config(ReportTrainConfig, resolve_config_path("uar-iu-xray"), [
+        f"data.root={root}", f"data.options.image_root={tmp_path / 'images'}", "data.options.images_required=false",
+        "data.cache=true", f"data.max_samples={STUDIES}", f"model.uar.dvae_dir={tmp_path / 'dvae'}",
+        "model.overrides={d_model: 32, num_heads: 2, d_ff: 32, num_encoder_layers: 1, num_decoder_layers: 1, basis_size: 64, cra_heads: 2}",
+        two_stages, "train.batch_size=4", "train.validate_every=3", "train.checkpoint_every=0", "train.precision=fp32",
+        "train.num_workers=0", "train.tensorboard=false", "train.progress_bar=false", "train.warmup_steps=1",
+        "decoding.batch_size=4", "evaluation.meteor=false", "evaluation.val_beam_size=1", f"train.output_dir={tmp_path / 'run'}",
+    ])
+    run = run_report_training(config)
+    assert run.split_sizes == STUDIES
+    model = load_report_generator(run.model_dir)
+    assert isinstance(model, UARGenerator) and model.config.views_per_study == 2 and model.config.num_visual_tokens == 2 * 196
+    assert model.refine  # the second stage trained with TIR's mask on
+    rows = [json.loads(line) for line in run.predictions_path.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ids["test"]
+    assert 0.0 <= run.test_scores["alignment_score"] <= 1.0

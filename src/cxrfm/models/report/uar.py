@@ -169,20 +169,24 @@ class CrossModalAligner(nn.Module):
     -> ``F (B, T, d)``, each token independently of the others.
     """
 
-    def __init__(self, d_model: int, basis_size: int, num_heads: int, dropout: float):
+    def __init__(self, d_model: int, basis_size: int, num_heads: int):
         super().__init__()
         self.register_buffer("basis", orthonormal_basis(basis_size, d_model))
         self.gamma = nn.Parameter(torch.ones(basis_size, d_model))
         self.beta = nn.Parameter(torch.zeros(basis_size, d_model))
-        self.attention = MultiHeadAttention(d_model, num_heads, dropout)
+        # No dropout on the attention over the basis: it would drop basis rows per token, and on CPU
+        # its (tokens x heads x 2,048) mask cost as much as the attention itself.
+        self.attention = MultiHeadAttention(d_model, num_heads, dropout=0.0)
         self.input_gate = nn.ModuleList([nn.Linear(d_model, d_model), nn.Linear(d_model, d_model, bias=False)])
         self.forget_gate = nn.ModuleList([nn.Linear(d_model, d_model), nn.Linear(d_model, d_model, bias=False)])
 
     def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
         basis = (self.gamma * self.basis + self.beta).to(embeddings.dtype)  # (N, d)
         keys, values = self.attention.keys_values(basis[None])  # (1, H, N, d/H): once per call
-        batch = embeddings.shape[0]
-        attended = self.attention.attend(embeddings, keys.expand(batch, -1, -1, -1), values.expand(batch, -1, -1, -1))
+        # Token-wise, so every token of the batch is one query row against the single basis: no
+        # per-sample copies of the (N, d) keys/values.
+        attended = self.attention.attend(embeddings.reshape(1, -1, embeddings.shape[-1]), keys, values)
+        attended = attended.view_as(embeddings)
         gate_in = torch.sigmoid(self.input_gate[0](embeddings) + self.input_gate[1](attended))
         gate_forget = torch.sigmoid(self.forget_gate[0](embeddings) + self.forget_gate[1](attended))
         return gate_in * torch.tanh(embeddings + attended) + gate_forget * embeddings + attended
@@ -291,7 +295,7 @@ class UARGenerator(ReportModel, nn.Module):
             size = config.num_visual_tokens * config.feature_dim
             self.visual_norm = nn.BatchNorm1d(size) if config.visual_norm == "batch" else None
             self.visual_projection = nn.Sequential(nn.Linear(config.feature_dim, d), nn.ReLU(), nn.Dropout(config.visual_dropout))
-        self.aligner = CrossModalAligner(d, config.basis_size, config.cra_heads, config.dropout) if config.cra else None
+        self.aligner = CrossModalAligner(d, config.basis_size, config.cra_heads) if config.cra else None
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_encoder_layers))
         self.encoder_norm = nn.LayerNorm(d, eps=1e-6)
         self.token_embedding = nn.Embedding(config.vocab_size, d)
