@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from cxrfm.training.tasks.dvae import DVAETask, random_square_crop
+from cxrfm.training.augment import random_square_crop
+from cxrfm.training.tasks.dvae import DVAETask
 
 
 def test_temperature_anneals_exponentially_from_start_to_end():
@@ -26,7 +27,7 @@ def test_random_square_crop_takes_a_window_of_the_image():
 
 def test_images_of_datasets_with_different_label_sets_collate_together():
     from cxrfm.data.sample import CXRSample
-    from cxrfm.training.tasks.dvae import collate_images
+    from cxrfm.data.sample import collate_images
 
     samples = [CXRSample(image=torch.rand(1, 8, 8), labels=torch.zeros(n)) for n in (22, 15)]
     assert collate_images(samples).shape == (2, 1, 8, 8)

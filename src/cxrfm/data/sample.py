@@ -113,3 +113,8 @@ def collate_any(samples: list) -> Any:
     if samples and isinstance(samples[0], CXRSample):
         return collate_samples(samples)
     return default_collate(samples)
+
+
+def collate_images(samples: list[CXRSample]) -> torch.Tensor:
+    """``(B, 1, H, W)``: the images of ``samples`` (labels, masks and reports left out)."""
+    return torch.stack([sample.image for sample in samples])

@@ -31,7 +31,8 @@ from cxrfm.figures.tokenizer import save_reconstructions
 from cxrfm.models.dvae import DVAE_PRESETS, DiscreteVAE, DiscreteVAEConfig
 from cxrfm.training.contract import TrainConfig, check_run_settings
 from cxrfm.training.loop import Trainer
-from cxrfm.training.tasks.dvae import DVAETask, collate_images
+from cxrfm.data.sample import collate_images
+from cxrfm.training.tasks.dvae import DVAETask
 from cxrfm.utils.files import replace_folder
 from cxrfm.utils.runtime import seed_everything
 

@@ -186,3 +186,15 @@ def augment_batch(
     images = random_intensity(images, valid, config, uniforms[:, 4:7])
     warped = random_affine(torch.cat([images, masks], dim=1), config, uniforms[:, :4])
     return warped[:, :1].contiguous(), (warped[:, 1:] > 0.5).float()
+
+
+def random_square_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """A random ``size x size`` window of each image: ``(B, C, H, W)`` -> ``(B, C, size, size)``."""
+    height, width = images.shape[-2:]
+    if (height, width) == (size, size):
+        return images
+    if size > min(height, width):
+        raise ValueError(f"crop {size} is larger than the training images {(height, width)}")
+    tops = torch.randint(0, height - size + 1, (images.shape[0],)).tolist()
+    lefts = torch.randint(0, width - size + 1, (images.shape[0],)).tolist()
+    return torch.stack([image[..., t : t + size, x : x + size] for image, t, x in zip(images, tops, lefts)])

@@ -65,8 +65,14 @@ def encode_label_names(names: Sequence[str], text_model: str = DEFAULT_TEXT_MODE
     return _encode_cached(text_model, names).clone()
 
 
-@functools.lru_cache(maxsize=16)
-def _encode_cached(text_model: str, names: tuple[str, ...]) -> torch.Tensor:
+def load_sentence_encoder(text_model: str = DEFAULT_TEXT_MODEL):
+    """``(tokenizer, encoder)`` of ``text_model`` from local files only (safetensors, no remote code),
+    the encoder in eval mode. Cached per process; callers must not train the returned encoder."""
+    return _load_cached(text_model)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_cached(text_model: str):
     path = text_model_path(text_model)
     try:
         from transformers import AutoModel, AutoTokenizer
@@ -79,7 +85,7 @@ def _encode_cached(text_model: str, names: tuple[str, ...]) -> torch.Tensor:
         found = f" (found {', '.join(pickles)}: pickled weights are never loaded)" if pickles else ""
         raise CheckpointError(path, f"text encoder weights must be safetensors: no {' or '.join(SAFETENSORS_NAMES)}{found}")
     if not any((path / name).is_file() for name in TOKENIZER_FILES):
-        # transformers would build an empty tokenizer and embed every label name alike.
+        # transformers would build an empty tokenizer and embed every text alike.
         raise CheckpointError(path, f"no tokenizer files (one of {', '.join(TOKENIZER_FILES)})")
     try:
         # Only safetensors (no pickle), only local files, never the folder's own Python code.
@@ -87,14 +93,26 @@ def _encode_cached(text_model: str, names: tuple[str, ...]) -> torch.Tensor:
         encoder = AutoModel.from_pretrained(
             str(path), local_files_only=True, use_safetensors=True, trust_remote_code=False
         ).eval()
+    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError, SafetensorError ...)
+        raise CheckpointError(path, f"cannot load the text encoder: {_one_line(exc)}") from None
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(False)
+    return tokenizer, encoder
+
+
+@functools.lru_cache(maxsize=16)
+def _encode_cached(text_model: str, names: tuple[str, ...]) -> torch.Tensor:
+    path = text_model_path(text_model)
+    tokenizer, encoder = load_sentence_encoder(text_model)
+    try:
         batch = tokenizer(list(names), padding=True, truncation=True, return_tensors="pt")
         _check_words_are_known(tokenizer, batch["input_ids"], path)
         with torch.no_grad():
             states = encoder(**batch).last_hidden_state  # (K, L, E)
     except CheckpointError:
         raise
-    except Exception as exc:  # transformers raises many types (OSError, ValueError, KeyError, SafetensorError ...)
-        raise CheckpointError(path, f"cannot load the text encoder: {_one_line(exc)}") from None
+    except Exception as exc:
+        raise CheckpointError(path, f"cannot run the text encoder: {_one_line(exc)}") from None
     weights = batch["attention_mask"].unsqueeze(-1).to(states.dtype)  # (K, L, 1)
     pooled = (states * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     log.info("embedded %d label names with %s (%d-d)", len(names), path.name if text_model != DEFAULT_TEXT_MODEL else "all-MiniLM-L6-v2", pooled.shape[1])

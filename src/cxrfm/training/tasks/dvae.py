@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from cxrfm.data.sample import CXRSample
+from cxrfm.data.sample import collate_images
+from cxrfm.training.augment import random_square_crop
 from cxrfm.training.contract import BaseTask, StepContext
 from cxrfm.utils.runtime import unwrap_model
 
@@ -57,19 +58,3 @@ class DVAETask(BaseTask):
         mse = total / max(count, 1)
         return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
 
-
-def collate_images(samples: list[CXRSample]) -> torch.Tensor:
-    """``(B, 1, H, W)``: the images of ``samples`` (labels, masks and reports left out)."""
-    return torch.stack([sample.image for sample in samples])
-
-
-def random_square_crop(images: torch.Tensor, size: int) -> torch.Tensor:
-    """A random ``size x size`` window of each image: ``(B, C, H, W)`` -> ``(B, C, size, size)``."""
-    height, width = images.shape[-2:]
-    if (height, width) == (size, size):
-        return images
-    if size > min(height, width):
-        raise ValueError(f"crop {size} is larger than the training images {(height, width)}")
-    tops = torch.randint(0, height - size + 1, (images.shape[0],)).tolist()
-    lefts = torch.randint(0, width - size + 1, (images.shape[0],)).tolist()
-    return torch.stack([image[..., t : t + size, x : x + size] for image, t, x in zip(images, tops, lefts)])
