@@ -20,7 +20,7 @@ if [ ! -f "$STAMP" ]; then
     "$VENV/bin/python" -m pip install -q --upgrade pip
     # torch first and pinned: the CPU wheel; a looser spec would pull a multi-GB CUDA build.
     "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-    "$VENV/bin/python" -m pip install -q -e "$ROOT[${CXRFM_EXTRAS:-dev,dicom,report,classify}]"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[${CXRFM_EXTRAS:-dev,dicom,report,classify,diffusion}]"
     rm -f "$VENV"/.cxrfm-installed-*
     touch "$STAMP"
 fi

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # type hints only: mae.py imports this module
+    from cxrfm.models.diffusion.uvit import UViTConfig
     from cxrfm.models.mae import MAEConfig
     from cxrfm.models.vit import ViTConfig
 
@@ -64,3 +65,25 @@ def mae_flops_per_image(config: "MAEConfig", num_keep: int, *, training: bool = 
     forward += config.decoder_depth * block_flops(prefix + patches, decoder_dim, encoder.mlp_ratio)
     forward += 2 * patches * decoder_dim * pixels_per_patch
     return 3.0 * forward if training else forward
+
+
+def uvit_flops_per_image(config: "UViTConfig", context_length: int | None = None) -> float:
+    """Forward FLOPs of one U-ViT denoiser pass on one latent (classifier-free guidance doubles it).
+
+    ``T = 1 + L_c + N`` tokens (time, ``context_length`` context tokens, default the config's, and
+    ``N`` patches) through ``depth + 1`` blocks; plus the patch embedding, the context embedding
+    ``Linear(context_dim -> D)``, the ``depth // 2`` skip fusions ``Linear(2D -> D)`` on all
+    tokens, the head ``Linear(D -> p²·C)`` on the ``N`` patch tokens and the final 3x3 conv.
+    The time token is a parameter-free sinusoid (no FLOPs counted).
+    """
+    dim, patches = config.embed_dim, config.num_patches
+    length = config.context_length if context_length is None else context_length
+    tokens = 1 + length + patches
+    pixels_per_patch = config.patch_size**2 * config.in_channels
+    patch_embed = 2 * patches * pixels_per_patch * dim
+    context_embed = 2 * length * config.context_dim * dim
+    blocks = (config.depth + 1) * block_flops(tokens, dim, config.mlp_ratio)
+    skip_linears = (config.depth // 2) * 2 * tokens * (2 * dim) * dim
+    head = 2 * patches * dim * pixels_per_patch
+    final_conv = 2 * config.latent_size**2 * config.in_channels * config.in_channels * 9 if config.conv_out else 0
+    return float(patch_embed + context_embed + skip_linears + head + final_conv) + blocks
