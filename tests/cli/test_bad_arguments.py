@@ -70,6 +70,18 @@ CASES = {
         (["dvae", "train", "--set", "data=[{kind: openist, root: {tmp}/nowhere}]"], "nowhere"),
         (["dvae", "train", "--set", "train.output_dir={file}/run"], "train.output_dir"),
     ],
+    "diffusion": [
+        (["diffusion", "train", "--config", "nope"], "nope"),
+        (["diffusion", "train", "--set", "autoencoder.preset=huge"], "autoencoder.preset"),
+        (["diffusion", "text", "--set", "denoiser.preset=uvit-huge"], "denoiser.preset"),  # refused before stage 1 trains
+        (["diffusion", "train", "--set", "image_size=30"], "image_size"),
+        (["diffusion", "autoencoder", "--set", "text_field=notes"], "text_field"),
+        (["diffusion", "train", "--set", "output_dir={file}/run"], "file.txt/run"),
+        (["diffusion", "sample", "--run", "{tmp}/none", "--report", "Cardiomegaly.", "--out", "{tmp}/o"], "none"),
+        (["diffusion", "sample", "--run", "{tmp}", "--reports", "{tmp}/missing.txt", "--out", "{tmp}/o"], "--reports"),
+        (["diffusion", "sample", "--run", "{tmp}", "--report", "Cardiomegaly.", "--out", "{tmp}/o", "--steps", "0"], "--steps"),
+        (["diffusion", "sample", "--run", "{tmp}", "--report", "Cardiomegaly.", "--out", "{tmp}/o", "--guidance", "-1"], "--guidance"),
+    ],
     "classify": [
         (["classify", "train", "--set", "labels.fraction=0"], "fraction"),
         (["classify", "train", "--set", "labels.names=[Broken Heart]", *TINY], "Broken Heart"),

@@ -23,6 +23,7 @@ VERB_MODULES = (
     "cxrfm.cli.pretrain",
     "cxrfm.cli.report",
     "cxrfm.cli.dvae",
+    "cxrfm.cli.diffusion",
     "cxrfm.cli.classify",
     "cxrfm.cli.shards",
 )

@@ -12,8 +12,8 @@ def recall_at_k(similarity: np.ndarray, ks: Sequence[int] = (1, 5)) -> dict[str,
 
     ``image_to_text_R@k``: share of rows whose own column ranks in the top k of the row;
     ``text_to_image_R@k`` the same over columns. Ties count against the match (its rank is the
-    number of entries at least as similar, itself included), so a constant matrix scores k / N at
-    best, never 1.
+    number of entries at least as similar, itself included), so a constant matrix scores 0 for
+    every k < N.
     """
     similarity = np.asarray(similarity, dtype=np.float64)
     if similarity.ndim != 2 or similarity.shape[0] != similarity.shape[1] or similarity.shape[0] < 1:
