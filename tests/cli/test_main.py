@@ -40,6 +40,10 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
         "dvae_overrides=[train.max_steps=4, train.warmup_steps=1, train.validate_every=0, 'data=[{kind: phantom, num_samples: {train: 16, val: 4, test: 4}}]']",
         "uar_overrides=['stages=[{max_steps: 3, alignment: 1.0}, {max_steps: 3, alignment: 1.0, mask: 1.0, refine: true}]', "
         "train.warmup_steps=1, data.num_samples.train=16, data.num_samples.val=4, data.num_samples.test=4, evaluation.meteor=false]",
+        "diffusion_overrides=[image_size=32, 'data=[{kind: phantom, num_samples: {train: 16, val: 4, test: 6}, cache: true}]', "
+        "autoencoder.train.max_steps=2, text.train.max_steps=2, text.condition_tokens=4, denoiser.train.max_steps=2, "
+        "adapter.train.max_steps=2, text.train.batch_size=8, denoiser.train.batch_size=8, adapter.train.batch_size=8, autoencoder.train.batch_size=8, autoencoder.train.validate_every=0, text.train.validate_every=0, denoiser.train.validate_every=0, "
+        "adapter.train.validate_every=0, sampling.num_inference_steps=2, evaluation.max_images=6, 'evaluation.guidance_sweep=[1.0, 3.0]']",
     ]
     args = ["demo", "--out", str(out)]
     for override in overrides:
@@ -62,6 +66,11 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     assert Path(summary["classification"]["heatmaps"]).stat().st_size > 10_000
     summary_md = (out / "summary.md").read_text()
     assert "# cxrfm demo" in summary_md and "## Disease prediction" in summary_md and "## UAR report generation" in summary_md
+    diffusion = summary["diffusion"]
+    assert set(diffusion["seconds"]) == {"autoencoder", "text", "denoiser", "adapter", "evaluation"}
+    assert diffusion["evaluation"]["images"] == 6 and "mauc" in diffusion["evaluation"]  # scored by the classification stage's model
+    assert all(Path(path).stat().st_size > 5_000 for path in diffusion["figures"].values())
+    assert "## Report -> image (Diff-CXR)" in summary_md and "(not FID)" in summary_md
 
 
 def test_demo_never_overwrites_an_earlier_run(tmp_path):

@@ -15,7 +15,9 @@ Stages, each writing into the run folder:
    generator on its tokens, with its NLG, finding F1 and alignment score.
 6. ``classify/``: a VTB-style classifier of the phantom findings, its AUROC table with bootstrap
    intervals and per-label heatmaps.
-7. ``summary.md`` / ``summary.json``.
+7. ``diffusion/``: Diff-CXR report -> image (autoencoder, squeeze, U-ViT, DKIM) on phantom pairs,
+   scored by that classifier (mAUC, controllability) and FD/KID, with example and guidance figures.
+8. ``summary.md`` / ``summary.json``.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from cxrfm.figures.phantom import save_phantom_gallery
 from cxrfm.figures.reports import save_report_examples
 from cxrfm.pipelines.lung_masks import LungMaskPipeline
 from cxrfm.recipes.classify import ClassifyConfig, run_classification
+from cxrfm.recipes.diff_cxr.config import DiffCXRConfig
+from cxrfm.recipes.diff_cxr.run import run_diff_cxr
 from cxrfm.recipes.dvae import DVAETrainConfig, run_dvae_training
 from cxrfm.recipes.pretrain import PretrainConfig, run_pretraining
 from cxrfm.recipes.report import (
@@ -75,6 +79,8 @@ class DemoConfig:
     uar_overrides: list[str] = field(default_factory=list)
     dvae_overrides: list[str] = field(default_factory=list)
     classify: bool = True
+    diffusion: bool = True
+    diffusion_overrides: list[str] = field(default_factory=list)
 
 
 def run_demo(config: DemoConfig, out: Path) -> dict:
@@ -105,6 +111,9 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
         run_stage("uar", lambda: run_uar_demo(out, seed=config.seed, overrides=config.uar_overrides, dvae_overrides=config.dvae_overrides))
     if config.classify:
         run_stage("classification", lambda: run_classify_demo(out / "classify", encoder, seed=config.seed))
+    if config.diffusion:
+        classifier = Path(summary["classification"]["model"]) if config.classify else None
+        run_stage("diffusion", lambda: run_diffusion_demo(out / "diffusion", classifier, seed=config.seed, overrides=config.diffusion_overrides))
 
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (out / "summary.md").write_text(_summary_markdown(summary), encoding="utf-8")
@@ -266,6 +275,8 @@ def _summary_markdown(summary: dict) -> str:
         lines += _report_markdown(summary["report"])
     if "uar" in summary:
         lines += _uar_markdown(summary["uar"])
+    if "diffusion" in summary:
+        lines += _diffusion_markdown(summary["diffusion"], Path(summary["run_dir"]))
     if "classification" in summary:
         lines += _classification_markdown(summary["classification"], Path(summary["run_dir"]))
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
@@ -417,3 +428,52 @@ def run_classify_demo(run_dir: Path, encoder_dir: Path | None, seed: int = 0, ov
         "heatmaps": str(result.heatmap_figure) if result.heatmap_figure else None,
         "model": str(result.model_dir),
     }
+
+
+# ---------------------------------------------------------------------------- Diff-CXR stage
+DIFFUSION_CONFIG = "diff-cxr-tiny-phantom"
+
+
+def run_diffusion_demo(run_dir: Path, classifier_dir: Path | None, seed: int = 0, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Report -> image on phantoms (``configs/diff-cxr-tiny-phantom.yaml`` shrunk by ``overrides``):
+    autoencoder, squeeze, U-ViT, DKIM, then generation for the test reports, scored by the
+    classification stage's classifier when there is one (mAUC, controllability)."""
+    settings = [f"output_dir={run_dir}", f"seed={seed}", *overrides]
+    if classifier_dir is not None:
+        settings.append(f"evaluation.classifier_dir={classifier_dir}")
+    config = load_config(DiffCXRConfig, resolve_config_path(DIFFUSION_CONFIG), settings)
+    summary = run_diff_cxr(config)
+    return {
+        "autoencoder": summary["autoencoder"]["result"]["per_dataset"]["phantom"],
+        "retrieval": summary["text"]["result"],
+        "evaluation": summary["evaluation"]["result"],
+        "seconds": {stage: entry["seconds"] for stage, entry in summary.items()},
+        "figures": {name: str(run_dir / "evaluation" / f"{name}.png") for name in ("examples", "guidance_sweep")},
+    }
+
+
+def _diffusion_markdown(result: dict, root: Path) -> list[str]:
+    evaluation, autoencoder, retrieval = result["evaluation"], result["autoencoder"], result["retrieval"]
+    sampling = evaluation["sampling"]
+    lines = [
+        "",
+        "## Report -> image (Diff-CXR)",
+        f"KL autoencoder: held-out phantoms at PSNR {autoencoder['psnr_mean']:.1f} dB, SSIM {autoencoder['ssim_mean']:.3f}. "
+        f"Squeezed report token vs image tower, test retrieval R@1 {retrieval.get('text_to_image_R@1', float('nan')):.3f} / "
+        f"R@5 {retrieval.get('text_to_image_R@5', float('nan')):.3f} (report -> image).",
+        "",
+        f"Generated for {evaluation['images']} test reports ({evaluation['model']}, {sampling['sampler']} {sampling['steps']} steps, "
+        f"guidance {sampling['guidance_scale']:g}, {sampling['seconds_per_image']:.3f} s/image): "
+        f"FD {evaluation['fd']:.3g} and KID {evaluation['kid']:.3g} in {evaluation['feature_space']} (not FID), "
+        f"PSNR {evaluation['psnr']:.1f} dB / SSIM {evaluation['ssim']:.3f} against each report's real phantom.",
+    ]
+    mauc, control = evaluation.get("mauc", {}), evaluation.get("controllability", {})
+    if "generated" in mauc:
+        lines.append(f"The classification stage's classifier on the generated images: mAUC {mauc['generated']['mean']:.3f} "
+                     f"against the reports' labels (on the real test phantoms: {mauc['real']['mean']:.3f}).")
+    if "rate" in control:
+        lines.append(f"Controllability: adding \"{control['sentence']}\" raised the classifier's {control['label']} probability "
+                     f"on {control['rate']:.0%} of {control['pairs']} reports (95 % CI {control['ci_low']:.0%}-{control['ci_high']:.0%}; goal 80 %).")
+    for name, path in result["figures"].items():
+        lines += ["", f"![{name}]({Path(path).relative_to(root)})"]
+    return lines
