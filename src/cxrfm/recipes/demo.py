@@ -275,10 +275,10 @@ def _summary_markdown(summary: dict) -> str:
         lines += _report_markdown(summary["report"])
     if "uar" in summary:
         lines += _uar_markdown(summary["uar"])
-    if "diffusion" in summary:
-        lines += _diffusion_markdown(summary["diffusion"], Path(summary["run_dir"]))
     if "classification" in summary:
         lines += _classification_markdown(summary["classification"], Path(summary["run_dir"]))
+    if "diffusion" in summary:
+        lines += _diffusion_markdown(summary["diffusion"], Path(summary["run_dir"]))
     lines += ["", "## Time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary["seconds"].items()]
     return "\n".join(lines) + "\n"
