@@ -229,13 +229,15 @@ def test_overrides_must_be_a_list_not_one_string():
 def _config_class(stem: str):
     from cxrfm.recipes.classify import ClassifyConfig
     from cxrfm.recipes.demo import DemoConfig
+    from cxrfm.recipes.diff_cxr.config import DiffCXRConfig
     from cxrfm.recipes.dvae import DVAETrainConfig
     from cxrfm.recipes.pretrain import PretrainConfig
     from cxrfm.recipes.report import ReportTrainConfig
     from cxrfm.recipes.segmenter import SegmenterTrainConfig
 
     for prefix, cls in (("demo", DemoConfig), ("classify", ClassifyConfig), ("report", ReportTrainConfig),
-                        ("uar", ReportTrainConfig), ("dvae", DVAETrainConfig), ("segmenter", SegmenterTrainConfig)):
+                        ("uar", ReportTrainConfig), ("dvae", DVAETrainConfig), ("segmenter", SegmenterTrainConfig),
+                        ("diff-cxr", DiffCXRConfig)):
         if stem.startswith(prefix):
             return cls
     return PretrainConfig
