@@ -69,6 +69,7 @@ def test_demo_runs_end_to_end_on_a_tiny_budget(tmp_path):
     diffusion = summary["diffusion"]
     assert set(diffusion["seconds"]) == {"autoencoder", "text", "denoiser", "adapter", "evaluation"}
     assert diffusion["evaluation"]["images"] == 6 and "mauc" in diffusion["evaluation"]  # scored by the classification stage's model
+    assert diffusion["evaluation"]["feature_space"] == "cxrfm-vit (pretrain/encoder)"  # FD / KID in the MAE encoder's space
     assert all(Path(path).stat().st_size > 5_000 for path in diffusion["figures"].values())
     assert "## Report -> image (Diff-CXR)" in summary_md and "(not FID)" in summary_md
 

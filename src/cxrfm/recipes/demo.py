@@ -113,7 +113,8 @@ def run_demo(config: DemoConfig, out: Path) -> dict:
         run_stage("classification", lambda: run_classify_demo(out / "classify", encoder, seed=config.seed))
     if config.diffusion:
         classifier = Path(summary["classification"]["model"]) if config.classify else None
-        run_stage("diffusion", lambda: run_diffusion_demo(out / "diffusion", classifier, seed=config.seed, overrides=config.diffusion_overrides))
+        run_stage("diffusion", lambda: run_diffusion_demo(out / "diffusion", classifier, encoder, seed=config.seed,
+                                                          overrides=config.diffusion_overrides))
 
     (out / "summary.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
     (out / "summary.md").write_text(_summary_markdown(summary), encoding="utf-8")
@@ -434,13 +435,18 @@ def run_classify_demo(run_dir: Path, encoder_dir: Path | None, seed: int = 0, ov
 DIFFUSION_CONFIG = "diff-cxr-tiny-phantom"
 
 
-def run_diffusion_demo(run_dir: Path, classifier_dir: Path | None, seed: int = 0, overrides: Sequence[str] = ()) -> dict[str, Any]:
+def run_diffusion_demo(run_dir: Path, classifier_dir: Path | None, encoder_dir: Path | None = None, seed: int = 0,
+                       overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Report -> image on phantoms (``configs/diff-cxr-tiny-phantom.yaml`` shrunk by ``overrides``):
     autoencoder, squeeze, U-ViT, DKIM, then generation for the test reports, scored by the
-    classification stage's classifier when there is one (mAUC, controllability)."""
+    classification stage's classifier when there is one (mAUC, controllability) and FD / KID in the
+    pretraining stage's MAE encoder (a feature space that did learn phantoms; the text stage's short
+    image tower does not)."""
     settings = [f"output_dir={run_dir}", f"seed={seed}", *overrides]
     if classifier_dir is not None:
         settings.append(f"evaluation.classifier_dir={classifier_dir}")
+    if encoder_dir is not None:
+        settings.append(f"evaluation.feature_encoder_dir={encoder_dir}")
     config = load_config(DiffCXRConfig, resolve_config_path(DIFFUSION_CONFIG), settings)
     summary = run_diff_cxr(config)
     return {
