@@ -221,3 +221,14 @@ def test_retraining_an_early_stage_alone_warns_that_later_ones_are_stale(run, ca
     with caplog.at_level(logging.WARNING, logger="cxrfm.recipes.diff_cxr"):
         run_diff_cxr(run["config"], ["adapter"], force=True)
     assert any("['evaluation'] were trained on the previous adapter" in record.getMessage() for record in caplog.records)
+
+
+def test_the_controllability_edit_removes_what_contradicts_the_added_finding():
+    from cxrfm.evaluation.chexpert_labeler import label_report
+    from cxrfm.recipes.diff_cxr.evaluate import add_finding
+
+    report = "The heart is normal in size. No pleural effusion. The lungs are clear."
+    assert label_report(report)["Pleural Effusion"] == 0
+    edited = add_finding(report, "Moderate left pleural effusion.", "Pleural Effusion")
+    assert edited.endswith("Moderate left pleural effusion.") and "no pleural effusion" not in edited.lower()
+    assert "heart is normal in size" in edited and label_report(edited)["Pleural Effusion"] == 1

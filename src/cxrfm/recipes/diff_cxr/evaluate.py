@@ -8,7 +8,8 @@ Images are generated for up to ``evaluation.max_images`` test reports (one seed,
   generative model: many images fit one report);
 * **mAUC** of a domain classifier (``evaluation.classifier_dir``) on the generated images against the
   labels of the input reports, beside its mAUC on the real test images (the ceiling);
-* **controllability**: test reports whose label is 0 get ``controllability_sentence`` appended; both
+* **controllability**: test reports whose label is 0 get ``controllability_sentence`` appended (and
+  their sentences about that label, e.g. "No pleural effusion.", removed); both
   versions are generated from the same noise and the classifier's probability for
   ``controllability_label`` must rise (``controllability`` in metrics.json; the goal is >= 80 %);
 * **speed** (seconds per image, batched) and the denoiser's analytic GFLOPs per forward;
@@ -18,6 +19,7 @@ Images are generated for up to ``evaluation.max_images`` test reports (one seed,
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from cxrfm.errors import ConfigError
+from cxrfm.evaluation.chexpert_labeler import label_report, split_sentences
 from cxrfm.evaluation.image_generation import controllability, frechet_distance, kernel_distance, mean_auroc
 from cxrfm.evaluation.tokenizer import reconstruction_scores
 from cxrfm.figures.generation import save_generation_examples, save_guidance_sweep
@@ -129,10 +132,17 @@ def controllability_scores(pipe: ReportToImagePipeline, classifier: ClassifierPr
     if not lacking:
         return {"skipped": f"no test report lacks {section.controllability_label!r}"}
     without = [pairs.reports[i] for i in lacking]
-    with_finding = [f"{report.rstrip()} {section.controllability_sentence}" for report in without]
+    with_finding = [add_finding(report, section.controllability_sentence, section.controllability_label) for report in without]
     prob_without = classifier(generate(pipe, without, config, progress=progress))[:, ours]
     prob_with = classifier(generate(pipe, with_finding, config, progress=progress))[:, ours]
     return {"label": section.controllability_label, "sentence": section.controllability_sentence, **controllability(prob_without, prob_with)}
+
+
+def add_finding(report: str, sentence: str, label: str) -> str:
+    """``report`` with ``sentence`` appended and every sentence that already speaks of ``label`` (by our
+    labeler: "No pleural effusion." for Pleural Effusion) removed, so the edit does not contradict itself."""
+    kept = [part for part in split_sentences(report) if math.isnan(label_report(part).get(label, math.nan))]
+    return " ".join([*(f"{part.strip().rstrip('.')}." for part in kept if part.strip()), sentence])
 
 
 def summary_line(metrics: dict) -> str:
