@@ -36,7 +36,7 @@ from cxrfm.models.diffusion.autoencoder import AUTOENCODER_PRESETS, CXRAutoencod
 from cxrfm.models.diffusion.text import ImageTower, ReportEncoder, ReportEncoderConfig, ReportImageContrast
 from cxrfm.models.diffusion.uvit import UVIT_PRESETS, UViT, UViTConfig
 from cxrfm.models.vit import build_encoder
-from cxrfm.pipelines.report_to_image import SCHEDULER_FILE, disease_hint, run_paths
+from cxrfm.pipelines.report_to_image import disease_hint, run_paths
 from cxrfm.recipes.diff_cxr.config import DiffCXRConfig
 from cxrfm.training.contract import TrainConfig
 from cxrfm.training.loop import Trainer
@@ -93,7 +93,7 @@ def read_pairs(config: DiffCXRConfig, role: str) -> Pairs | None:
     parts = [build_dataset(spec, role, size, field_name=f"data[{i}]") for i, spec in enumerate(config.data) if spec.has_split(role)]
     if not parts:
         return None
-    images, reports, ids, labels, names = [], [], [], [], []
+    images, reports, ids, labels, names, seen = [], [], [], [], [], set()
     for part in parts:  # one at a time: datasets may have different label sets
         names.append(_label_names(part))
         for batch in DataLoader(part, batch_size=64, collate_fn=collate_samples):
@@ -103,7 +103,10 @@ def read_pairs(config: DiffCXRConfig, role: str) -> Pairs | None:
                 images.append(batch.images[index])
                 reports.append(text)
                 meta = batch.meta[index]
-                ids.append(_unique_id(str(meta.get("study_id") or meta.get("path") or f"{role}-{len(ids)}"), ids))
+                item = str(meta.get("study_id") or meta.get("path") or f"{role}-{len(ids)}")
+                item = item if item not in seen else f"{item}#{len(ids)}"  # ids key the filter's kept list
+                seen.add(item)
+                ids.append(item)
                 labels.append(None if batch.labels is None else batch.labels[index])
     if not images:
         raise ConfigError("data", f"no {role} sample has a {config.text_field!r} text (covid needs options: {{notes_as_findings: true}})")
@@ -117,10 +120,6 @@ def _label_names(dataset: Dataset) -> tuple[str, ...]:
         return tuple(dataset_label_names(dataset))
     except DatasetError:
         return ()
-
-
-def _unique_id(item: str, seen: list[str]) -> str:
-    return item if item not in seen else f"{item}#{len(seen)}"
 
 
 def batch_texts(batch, text_field: str) -> list[str | None]:
@@ -308,10 +307,9 @@ def run_denoiser_stage(config: DiffCXRConfig, *, resume: bool = False) -> dict:
 
     def write(folder: Path) -> None:
         final.save_pretrained(folder)
-        scheduler.save_config(str(folder))  # scheduler_config.json: the sampler is built from it
+        scheduler.save_config(str(folder))  # scheduler_config.json (the pipeline's SCHEDULER_FILE): the sampler is built from it
 
     replace_folder(Path(train.output_dir) / "model", write)
-    assert (Path(train.output_dir) / "model" / SCHEDULER_FILE).is_file()
     return {"final": result.metrics}
 
 
