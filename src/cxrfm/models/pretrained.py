@@ -183,6 +183,18 @@ def build_and_load(
     return model
 
 
+def load_pretrained(directory: str | Path, model_type: str, config_cls: type[ConfigT], build: Callable[[ConfigT], ModelT]) -> ModelT:
+    """The ``from_pretrained`` of a :func:`write_pretrained` folder: ``config.json`` must name
+    ``model_type``; its fields become a ``config_cls``; ``build(config)`` makes the model, which gets the
+    folder's weights (:func:`build_and_load`). A bad folder is a CheckpointError naming the file."""
+    record = read_config_record(directory)
+    found = record.pop("model_type")
+    if found != model_type:
+        raise CheckpointError(directory, f"model_type {found!r} is not a {model_type} checkpoint")
+    config = config_from_record(config_cls, record, directory)
+    return build_and_load(directory, lambda: build(config), read_weights(directory), record)
+
+
 def _absent_fields(config: Any, record: Any, prefix: str = "") -> list[str]:
     """Dotted names of ``config``'s dataclass fields that ``record`` does not hold."""
     if record is None or not dataclasses.is_dataclass(config) or not isinstance(record, dict):

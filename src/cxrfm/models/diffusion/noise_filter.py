@@ -27,8 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cxrfm.errors import CheckpointError
-from cxrfm.models.pretrained import build_and_load, config_from_record, read_config_record, read_weights, write_pretrained
+from cxrfm.models.pretrained import load_pretrained, write_pretrained
 from cxrfm.models.vit import check_positive_int
 
 RECONSTRUCTOR_TYPE = "lnfs-reconstructor"
@@ -113,12 +112,7 @@ class _Pretrained:
     @classmethod
     def from_pretrained(cls, directory: str | Path):
         """Load a ``save_pretrained`` folder; a bad one is a CheckpointError naming the file."""
-        record = read_config_record(directory)
-        model_type = record.pop("model_type")
-        if model_type != cls.MODEL_TYPE:
-            raise CheckpointError(directory, f"model_type {model_type!r} is not a {cls.MODEL_TYPE} checkpoint")
-        config = config_from_record(cls.CONFIG_CLASS, record, directory)
-        return build_and_load(directory, lambda: cls(config), read_weights(directory), record)
+        return load_pretrained(directory, cls.MODEL_TYPE, cls.CONFIG_CLASS, cls)
 
 
 class LatentReconstructor(_Pretrained, nn.Module):

@@ -28,7 +28,7 @@ from torch import nn
 
 from cxrfm.errors import CheckpointError
 from cxrfm.models.classify.label_embedding import DEFAULT_TEXT_MODEL, load_sentence_encoder
-from cxrfm.models.pretrained import build_and_load, config_from_record, read_config_record, read_weights, write_pretrained
+from cxrfm.models.pretrained import load_pretrained, write_pretrained
 from cxrfm.models.vit import VisionTransformer, ViTConfig, check_positive_int
 
 MODEL_TYPE = "report-encoder"
@@ -144,12 +144,7 @@ class ReportEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ReportEncoder":
-        record = read_config_record(directory)
-        model_type = record.pop("model_type")
-        if model_type != MODEL_TYPE:
-            raise CheckpointError(directory, f"model_type {model_type!r} is not a {MODEL_TYPE} checkpoint")
-        config = config_from_record(ReportEncoderConfig, record, directory)
-        return build_and_load(directory, lambda: cls(config), read_weights(directory), record)
+        return load_pretrained(directory, MODEL_TYPE, ReportEncoderConfig, cls)
 
 
 class ImageTower(nn.Module):
@@ -207,14 +202,8 @@ class ReportImageContrast(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "ReportImageContrast":
-        record = read_config_record(directory)
-        model_type = record.pop("model_type")
-        if model_type != CONTRAST_MODEL_TYPE:
-            raise CheckpointError(directory, f"model_type {model_type!r} is not a {CONTRAST_MODEL_TYPE} checkpoint")
-        config = config_from_record(ReportImageContrastConfig, record, directory)
+        def build(config: ReportImageContrastConfig) -> "ReportImageContrast":
+            tower = ImageTower(VisionTransformer(config.image_encoder), config.report_encoder.width)
+            return cls(ReportEncoder(config.report_encoder), tower)
 
-        def build() -> "ReportImageContrast":
-            report_encoder = ReportEncoder(config.report_encoder)
-            return cls(report_encoder, ImageTower(VisionTransformer(config.image_encoder), config.report_encoder.width))
-
-        return build_and_load(directory, build, read_weights(directory), record)
+        return load_pretrained(directory, CONTRAST_MODEL_TYPE, ReportImageContrastConfig, build)

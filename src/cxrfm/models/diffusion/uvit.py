@@ -31,9 +31,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from cxrfm.errors import CheckpointError
 from cxrfm.models.layers import Block, PatchEmbed
-from cxrfm.models.pretrained import build_and_load, config_from_record, read_config_record, read_weights, write_pretrained
+from cxrfm.models.pretrained import load_pretrained, write_pretrained
 from cxrfm.models.vit import check_number, check_positive_int
 
 MODEL_TYPE = "uvit"
@@ -287,9 +286,4 @@ class UViT(nn.Module):
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "UViT":
         """Load a ``save_pretrained`` folder; a bad one is a CheckpointError naming the file."""
-        record = read_config_record(directory)
-        model_type = record.pop("model_type")
-        if model_type != MODEL_TYPE:
-            raise CheckpointError(directory, f"model_type {model_type!r} is not a {MODEL_TYPE} checkpoint")
-        config = config_from_record(UViTConfig, record, directory)
-        return build_and_load(directory, lambda: cls(config), read_weights(directory), record)
+        return load_pretrained(directory, MODEL_TYPE, UViTConfig, cls)
