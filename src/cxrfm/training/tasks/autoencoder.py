@@ -8,16 +8,15 @@ divisible by 8).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from cxrfm.data.sample import collate_images
 from cxrfm.training.augment import random_square_crop
 from cxrfm.training.contract import BaseTask, StepContext
+from cxrfm.training.validation import reconstruction_error
 from cxrfm.utils.runtime import unwrap_model
 
 
@@ -36,12 +35,5 @@ class AutoencoderTask(BaseTask):
         if self.val_split is None:
             return {}
         core = unwrap_model(model)
-        device = next(core.parameters()).device
-        total, count = 0.0, 0
-        for images in DataLoader(self.val_split, batch_size=self.batch_size, collate_fn=collate_images):
-            images = images.to(device)
-            reconstruction = core.decode(core.encode(images))
-            total += float(((reconstruction - images) ** 2).mean(dim=(1, 2, 3)).sum())
-            count += images.shape[0]
-        mse = total / max(count, 1)
-        return {"mse": mse, "psnr": 10 * math.log10(1 / max(mse, 1e-12))}
+        reconstruct = lambda images: core.decode(core.encode(images))  # noqa: E731
+        return reconstruction_error(reconstruct, self.val_split, self.batch_size, next(core.parameters()).device)
