@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, IterableDataset, Subset
+from torch.utils.data import ConcatDataset, Dataset, IterableDataset, Subset
 
 from cxrfm.data.chexpert import CheXpertDataset
 from cxrfm.data.covid import CovidChestXrayDataset
@@ -215,6 +215,14 @@ def unwrap_dataset(dataset: Dataset) -> Dataset:
     while hasattr(dataset, "dataset") and isinstance(getattr(dataset, "dataset"), Dataset):
         dataset = dataset.dataset
     return dataset
+
+
+def build_role_datasets(specs: Sequence[DatasetSpec], role: str, image_size: tuple[int, int] | None, *,
+                        field_name: str = "data") -> Dataset | None:
+    """The ``role`` splits of every spec in a list that has one, concatenated (None if none has);
+    errors name ``<field_name>[i]``."""
+    parts = [build_dataset(spec, role, image_size, field_name=f"{field_name}[{i}]") for i, spec in enumerate(specs) if spec.has_split(role)]
+    return ConcatDataset(parts) if parts else None
 
 
 def dataset_label_names(dataset: Dataset) -> tuple[str, ...]:

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from cxrfm.data.registry import DatasetSpec, build_dataset
+from cxrfm.data.registry import DatasetSpec, build_dataset, build_role_datasets
 from cxrfm.errors import ConfigError
 from cxrfm.evaluation.tokenizer import codebook_usage, reconstruction_scores
 from cxrfm.figures.tokenizer import save_reconstructions
@@ -80,22 +80,16 @@ def build_dvae(section: DVAEModelSection) -> DiscreteVAE:
     return DiscreteVAE(config)
 
 
-def role_split(specs: list[DatasetSpec], role: str, size: int) -> Dataset | None:
-    """The ``role`` splits of every dataset that has one, concatenated (None if none has)."""
-    parts = [build_dataset(spec, role, (size, size), field_name=f"data[{i}]") for i, spec in enumerate(specs) if spec.has_split(role)]
-    return ConcatDataset(parts) if parts else None
-
-
 def run_dvae_training(config: DVAETrainConfig, *, resume: bool = False) -> dict[str, Any]:
     """Train, save ``<output_dir>/model``, score the test splits; returns ``metrics_test.json``'s content."""
     check_run_settings(config.train)
     seed_everything(config.train.seed)
     model = build_dvae(config.model)
     size = config.model.image_size
-    train_split = role_split(config.data, "train", config.train_image_size or size)
+    train_split = build_role_datasets(config.data, "train", (config.train_image_size or size,) * 2)
     if train_split is None:
         raise ConfigError("data", "no dataset has a train split")
-    task = DVAETask(role_split(config.data, "val", size), temperature=tuple(config.temperature),
+    task = DVAETask(build_role_datasets(config.data, "val", (size, size)), temperature=tuple(config.temperature),
                     crop_size=size if config.train_image_size not in (None, size) else None, batch_size=config.train.batch_size)
     log.info("dVAE: %.2fM parameters, codebook %d, %d training images at %s -> %d", sum(p.numel() for p in model.parameters()) / 1e6,
              model.config.codebook_size, len(train_split), config.train_image_size or size, size)

@@ -20,7 +20,13 @@ from cxrfm.pipelines.report_to_image import run_paths
 from cxrfm.recipes.diff_cxr.config import STAGES, DiffCXRConfig
 from cxrfm.recipes.diff_cxr.evaluate import run_evaluation_stage
 from cxrfm.recipes.diff_cxr.filter_stage import run_filter_stage
-from cxrfm.recipes.diff_cxr.stages import run_adapter_stage, run_autoencoder_stage, run_denoiser_stage, run_text_stage, set_seed
+from cxrfm.recipes.diff_cxr.stages import (
+    run_adapter_stage,
+    run_autoencoder_stage,
+    run_denoiser_stage,
+    run_text_stage,
+)
+from cxrfm.utils.runtime import seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,7 @@ def run_diff_cxr(config: DiffCXRConfig, stages: list[str] | None = None, *, resu
         if stage_done(config, stage) and not rerun:
             log.info("stage %s: already done in %s (force to redo)", stage, root / stage)
             continue
-        set_seed(config)
+        seed_everything(config.seed)
         started = time.perf_counter()
         log.info("stage %s ...", stage)
         result = run_evaluation_stage(config) if stage == "evaluation" else RUNNERS[stage](config, resume=resume)

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from cxrfm.data.registry import build_dataset, dataset_label_names
+from cxrfm.data.registry import build_dataset, build_role_datasets, dataset_label_names
 from cxrfm.data.sample import collate_images, collate_samples
 from cxrfm.errors import ConfigError, DatasetError
 from cxrfm.evaluation.retrieval import recall_at_k
@@ -44,7 +44,7 @@ from cxrfm.training.tasks.autoencoder import AutoencoderTask
 from cxrfm.training.tasks.contrastive import ContrastiveTask, embed_pairs
 from cxrfm.training.tasks.diffusion import DiffusionTask
 from cxrfm.utils.files import replace_folder
-from cxrfm.utils.runtime import seed_everything, unwrap_model
+from cxrfm.utils.runtime import unwrap_model
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +66,6 @@ class Pairs:
 
 def stage_train_config(config: DiffCXRConfig, train: TrainConfig, stage: str) -> TrainConfig:
     return replace(train, output_dir=str(Path(config.output_dir) / stage), seed=config.seed)
-
-
-def role_datasets(config: DiffCXRConfig, specs, role: str) -> Dataset | None:
-    size = (config.image_size, config.image_size)
-    parts = [build_dataset(spec, role, size, field_name=f"data[{i}]") for i, spec in enumerate(specs) if spec.has_split(role)]
-    return ConcatDataset(parts) if parts else None
 
 
 _PAIRS_CACHE: dict[str, Pairs | None] = {}
@@ -133,18 +127,19 @@ def batch_texts(batch, text_field: str) -> list[str | None]:
 # ----------------------------------------------------------------------------- 1. autoencoder
 def run_autoencoder_stage(config: DiffCXRConfig, *, resume: bool = False) -> dict:
     section = config.autoencoder
-    specs = section.data or config.data
+    specs, field_name = (section.data, "autoencoder.data") if section.data else (config.data, "data")
+    size = (config.image_size, config.image_size)
     if section.preset not in AUTOENCODER_PRESETS:
         raise ConfigError("autoencoder.preset", f"unknown preset {section.preset!r} (known: {', '.join(AUTOENCODER_PRESETS)})")
     try:
         model = build_autoencoder(section.preset, config.image_size, **section.overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError("autoencoder.overrides", str(exc)) from None
-    train_set = role_datasets(config, specs, "train")
+    train_set = build_role_datasets(specs, "train", size, field_name=field_name)
     if train_set is None:
         raise ConfigError("autoencoder.data", "no dataset has a train split")
     train = stage_train_config(config, section.train, "autoencoder")
-    task = AutoencoderTask(role_datasets(config, specs, "val"), batch_size=train.batch_size)
+    task = AutoencoderTask(build_role_datasets(specs, "val", size, field_name=field_name), batch_size=train.batch_size)
     log.info("autoencoder: %.2fM parameters, %d training images at %d² -> latents %s", _millions(model),
              len(train_set), config.image_size, model.config.latent_shape)
     Trainer(model, task, train_set, train, collate_fn=collate_images, run_config=config).fit(resume=resume)
@@ -350,6 +345,3 @@ def _plain(value):
         return value.item()
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
-
-def set_seed(config: DiffCXRConfig) -> None:
-    seed_everything(config.seed)
